@@ -1,0 +1,23 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path('van_focal/__init__.py').read_text().split('\nfrom ')[0], version)
+
+setup(
+    name='van_focal',
+    version=version['__version__'],
+    description='VAN and Focal Transformer backbones in the timm model registry, with ImageNet train/validate tools',
+    long_description=Path('README.md').read_text(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['van_focal', 'van_focal.*']),
+    python_requires='>=3.9',
+    install_requires=['torch>=2.4', 'torchvision', 'timm>=1.0.20,<1.1', 'pyyaml'],
+    extras_require={
+        'npu': ['torch-npu'],
+        'test': ['pytest'],
+        'plot': ['matplotlib'],
+    },
+    license='Apache-2.0',
+)

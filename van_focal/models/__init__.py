@@ -1,0 +1,2 @@
+"""Importing this package registers every model with timm."""
+from .van import *  # noqa: F401,F403

@@ -1,0 +1,334 @@
+""" VAN: Visual Attention Network
+
+Paper: `Visual Attention Network` - https://arxiv.org/abs/2202.09741
+Official code and weights: https://github.com/Visual-Attention-Network/VAN-Classification
+
+Laid out as timm's convnets (`stages.N.{downsample,blocks,norm}`, `head.fc`); the official
+checkpoint keys (`patch_embed1`, `block1`, `norm1`, `head`) are mapped by `checkpoint_filter_fn`,
+which also runs on every `load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
+"""
+import re
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, calculate_drop_path_rates
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+
+__all__ = ['VAN']
+
+# timm 0.4.12's ViT default config, which the official weights were trained and evaluated with.
+VAN_MEAN = VAN_STD = (0.5, 0.5, 0.5)
+
+
+class LargeKernelAttention(nn.Module):
+    """LKA: 5x5 depth-wise -> 7x7 depth-wise dilated 3 -> 1x1, used as a gate on the input."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv1(self.conv_spatial(self.conv0(x)))
+
+
+class SpatialAttention(nn.Module):
+    """1x1 conv, GELU, LKA, 1x1 conv, with the attention's own residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.activation = nn.GELU()
+        self.spatial_gating_unit = LargeKernelAttention(dim)
+        self.proj_2 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
+
+
+class ConvMlp(nn.Module):
+    """1x1 conv, 3x3 depth-wise conv, GELU, 1x1 conv."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.dwconv(self.fc1(x))))
+        return self.drop(self.fc2(x))
+
+
+class VanBlock(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float = 4., drop: float = 0., drop_path: float = 0.,
+                 layer_scale_init_value: float = 1e-2):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.attn = SpatialAttention(dim)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        return x
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Strided conv with 'same'-style padding, then BatchNorm."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2)
+        self.norm = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+class VanStage(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, depth: int, first: bool, mlp_ratio: float,
+                 drop: float, drop_path_rates: List[float]):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = OverlapPatchEmbed(in_chs, out_chs, kernel_size=7 if first else 3, stride=4 if first else 2)
+        self.blocks = nn.Sequential(*[
+            VanBlock(out_chs, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path_rates[i]) for i in range(depth)])
+        self.norm = LayerNorm2d(out_chs, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+
+class VAN(nn.Module):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dims: Tuple[int, ...] = (64, 128, 256, 512),
+            depths: Tuple[int, ...] = (3, 4, 6, 3),
+            mlp_ratios: Tuple[float, ...] = (8, 8, 4, 4),
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.feature_info = []
+
+        dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
+        stages = []
+        prev_chs = in_chans
+        for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
+            stages.append(VanStage(prev_chs, dim, depth, first=i == 0, mlp_ratio=mlp_ratios[i],
+                                   drop=proj_drop_rate, drop_path_rates=dpr[i]))
+            prev_chs = dim
+            self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 2), module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+
+        self.apply(_init_weights)
+        remap_keys_on_load(self, checkpoint_filter_fn)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stages\.0\.downsample',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^stages\.(\d+)\.norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns intermediates (each stage's output, already layer-normed)."""
+        assert output_fmt == 'NCHW', 'Output format must be NCHW.'
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if max_index < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            prune_head = True
+        if prune_head:
+            self.head = ClassifierHead(self.num_features, 0, pool_type='avg')
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module):
+    # As the official code: fan-out normal for convs, truncated normal for linears.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0, (2.0 / fan_out) ** 0.5)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+_OFFICIAL_KEY_RULES = (
+    (re.compile(r'^patch_embed(\d)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.downsample.'),
+    (re.compile(r'^block(\d)\.(\d+)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.'),
+    (re.compile(r'^norm(\d)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.norm.'),
+    (re.compile(r'^head\.(weight|bias)$'), lambda m: f'head.fc.{m.group(1)}'),
+    (re.compile(r'\.mlp\.dwconv\.dwconv\.'), lambda m: '.mlp.dwconv.'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """Map an official VAN checkpoint (or its `state_dict` entry) to this layout; timm-layout dicts pass as they are."""
+    state_dict = unwrap_state_dict(state_dict)
+    out = {}
+    for k, v in state_dict.items():
+        k = k[len('module.'):] if k.startswith('module.') else k
+        for pattern, repl in _OFFICIAL_KEY_RULES:
+            k = pattern.sub(repl, k)
+        out[k] = v
+    return out
+
+
+def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model(
+        VAN, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs)
+
+
+def _cfg(hub_repo: str = '', filename: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'hf_hub_id': f'Visual-Attention-Network/{hub_repo}' if hub_repo else '',
+        'hf_hub_filename': filename,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.9, 'interpolation': 'bicubic',
+        'mean': VAN_MEAN, 'std': VAN_STD,
+        'first_conv': 'stages.0.downsample.proj', 'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2202.09741', 'paper_name': 'Visual Attention Network',
+        'origin_url': 'https://github.com/Visual-Attention-Network/VAN-Classification',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'van_b0.in1k': _cfg('VAN-Tiny-original', 'van_tiny_754.pth.tar', notes=('ImageNet-1k top-1 75.4 (official)',)),
+    'van_b1.in1k': _cfg('VAN-Small-original', 'van_small_811.pth.tar', notes=('ImageNet-1k top-1 81.1 (official)',)),
+    'van_b2.in1k': _cfg('VAN-Base-original', 'van_base_828.pth.tar', notes=('ImageNet-1k top-1 82.8 (official)',)),
+    'van_b3.in1k': _cfg('VAN-Large-original', 'van_large_839.pth.tar', notes=('ImageNet-1k top-1 83.9 (official)',)),
+    # The authors released no ImageNet weights for b4-b6.
+    'van_b4': _cfg(notes=('no official weights',)),
+    'van_b5': _cfg(notes=('no official weights',)),
+    'van_b6': _cfg(notes=('no official weights',)),
+})
+
+
+@register_model
+def van_b0(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2))
+    return _create_van('van_b0', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def van_b1(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2))
+    return _create_van('van_b1', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def van_b2(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3))
+    return _create_van('van_b2', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def van_b3(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3))
+    return _create_van('van_b3', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def van_b4(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3))
+    return _create_van('van_b4', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def van_b5(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(96, 192, 480, 768), depths=(3, 3, 24, 3))
+    return _create_van('van_b5', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def van_b6(pretrained: bool = False, **kwargs) -> VAN:
+    model_args = dict(embed_dims=(96, 192, 384, 768), depths=(6, 6, 90, 6))
+    return _create_van('van_b6', pretrained=pretrained, **dict(model_args, **kwargs))
