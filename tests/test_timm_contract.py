@@ -9,6 +9,9 @@ from timm.models._features_fx import create_feature_extractor
 # name -> kwargs making a small but complete member of the family
 SMALL = {
     'van_b0': dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 2, 1)),
+    'focal_tiny_patch4_window7_224': dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
+    'focal_tiny_useconv_patch4_window7_224': dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
+    'focalv2_tiny_useconv_patch4_window7_224': dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
 }
 SIZES = [(64, 64), (200, 300), (96, 128)]
 
@@ -43,7 +46,8 @@ def test_head_api(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape[:2] == (2, model.num_features)
+        channels = feats.shape[-1] if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else feats.shape[1]
+        assert feats.shape[0] == 2 and channels == model.num_features
         assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
         assert torch.equal(model.forward_head(feats), model(x))
         model.reset_classifier(3)

@@ -9,6 +9,7 @@ import argparse
 import pickle
 import re
 import traceback
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
@@ -21,8 +22,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, with what to do about it."""
 
 
-class YacsConfig(dict):
-    """Stands in for `yacs.config.CfgNode` when unpickling a config saved inside a checkpoint."""
+class YacsConfig:
+    """Stands in for `yacs.config.CfgNode` when unpickling a config saved inside a checkpoint: the
+    config comes back as an OrderedDict, the one dict type whose pickled state weights_only
+    loading restores (the CfgNode flags land in its `__dict__`). yacs need not be installed."""
+
+    def __new__(cls, *args):
+        return OrderedDict()
 
 
 TRAINING_CONFIG_TYPES = [argparse.Namespace, (YacsConfig, 'yacs.config.CfgNode')]
@@ -32,8 +38,8 @@ def allow_training_configs() -> None:
     """Let `weights_only=True` loading accept the training-argument objects of the official checkpoints.
 
     Registered globally so that timm's own loaders (`pretrained=True`, `timm.models.load_checkpoint`)
-    accept them too; `checkpoint_loading` re-allows them for its block, since a `safe_globals`
-    context of someone else's removes what it added on exit.
+    accept them too. `checkpoint_loading` registers them again (it is idempotent), since any
+    `safe_globals` context, such as timm's own for argparse.Namespace, removes its types on exit.
     """
     torch.serialization.add_safe_globals(TRAINING_CONFIG_TYPES)
 
@@ -88,9 +94,9 @@ def explain(error: BaseException, source: str, model_name: str = 'this model') -
 @contextmanager
 def checkpoint_loading(source: str, model_name: str = 'this model') -> Iterator[None]:
     """Allow the training configs, and re-raise known failures as one CheckpointError naming `source`."""
+    allow_training_configs()
     try:
-        with torch.serialization.safe_globals(TRAINING_CONFIG_TYPES):
-            yield
+        yield
     except Exception as e:
         clear = explain(e, source, model_name)
         if clear is None:
