@@ -139,3 +139,18 @@ def test_index_tables_are_cached_per_size():
         for _ in range(3):
             model(torch.randn(1, 3, 224, 224))
     assert _focal_v1_tables.cache_info().misses == 4  # one per stage, then only hits
+
+
+def test_differing_stored_topk_indices_are_reported(caplog):
+    path, kwargs, x, logits = golden('focal_v2_useconv_cfg')
+    state_dict = torch.load(path, weights_only=True)['model']
+    model = timm.create_model(GOLDEN['focal_v2_useconv_cfg'], **_small(kwargs)).eval()
+    with caplog.at_level('WARNING'):
+        model.load_state_dict(state_dict)
+    assert 'top-K' not in caplog.text  # the fixture's indices were computed by this torch's topk
+    key = 'layers.0.blocks.0.attn.topk_cloest_indice_0'
+    state_dict[key] = state_dict[key].clone()
+    state_dict[key][0, -1] = state_dict[key][0, -1] + 1000  # another token for one window
+    with caplog.at_level('WARNING'):
+        model.load_state_dict(state_dict)
+    assert 'in 1 of' in caplog.text and 'top-K' in caplog.text

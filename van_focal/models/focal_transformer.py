@@ -15,6 +15,7 @@ stages expand their windows) follows the official rules for `img_size` (default 
 Official checkpoint keys map as `layers.i.downsample -> layers.(i+1).downsample`,
 `head -> head.fc`; the index buffers the official code stores are dropped and recomputed.
 """
+import logging
 import math
 import re
 from functools import lru_cache
@@ -33,6 +34,8 @@ from timm.models._features_fx import register_notrace_function
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 
 __all__ = ['FocalTransformer']
+
+_logger = logging.getLogger(__name__)
 
 # The official code masks unusable pooled keys with -100, not -inf; kept for identical logits.
 MASK_VALUE = -100.0
@@ -512,12 +515,33 @@ def _official_key(key: str) -> str:
     return re.sub(r'\.pool_layers\.0\.', '.attn.pool.fc.', key)
 
 
+def _warn_if_topk_differs(state_dict: Dict[str, Any], model: nn.Module) -> None:
+    """The official Focal-fast stores its top-K token indices. At 224 every window's 128th and 129th
+    nearest tokens are equally far, so which one is kept depends on torch.topk's tie-breaking,
+    which may differ between torch versions. Say so when the recomputed choice differs."""
+    differing = total = 0
+    for key, stored in state_dict.items():
+        found = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.attn\.topk_cloest_indice_0$', key)
+        if not found or not hasattr(model, 'layers'):
+            continue
+        attn = model.layers[int(found.group(1))].blocks[int(found.group(2))].attn
+        side = math.isqrt(stored.shape[0]) * attn.ws
+        ours = focal_v2_tables(side, side, attn.ws, attn.topk, torch.device('cpu'))[0][:, :stored.shape[1]]
+        same = (ours.sort(1).values == stored.long().sort(1).values).all(1)
+        differing, total = differing + int((~same).sum()), total + same.numel()
+    if differing:
+        _logger.warning(f'Focal-fast: in {differing} of {total} windows the top-K key tokens recomputed here differ '
+                        'from the ones stored in the checkpoint (torch.topk tie-breaking); logits may differ slightly '
+                        'from the official code run with this checkpoint.')
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
     """Map an official checkpoint (or its `model` entry) to this layout, dropping the official
     index buffers (recomputed here); timm-layout dicts pass as they are."""
     state_dict = unwrap_state_dict(state_dict)
     if not any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
         return state_dict
+    _warn_if_topk_differs(state_dict, model)
     return {_official_key(k): v for k, v in state_dict.items() if not _OFFICIAL_BUFFERS.search(k)}
 
 
