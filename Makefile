@@ -1,7 +1,9 @@
-# `make test` and `make demo` create .venv on first use from the pinned requirements.txt.
+# `make demo` and `make test` create .venv on first use from the pinned requirements.txt.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEMO_DATA := demo_data/shapes
+DEMO_RUN := output/demo/van_b0-shapes
 
 .PHONY: test demo clean-venv
 
@@ -10,6 +12,16 @@ $(VENV)/.installed: requirements.txt setup.py
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Draw a 6-class image dataset, train VAN-B0 on it on the CPU, validate the best checkpoint.
+demo: $(VENV)/.installed
+	@test -d $(DEMO_DATA) || { rm -rf $(DEMO_DATA).partial && \
+		$(PY) -m van_focal.shapes $(DEMO_DATA).partial && mv $(DEMO_DATA).partial $(DEMO_DATA); }
+	rm -rf $(DEMO_RUN)
+	$(PY) train.py $(DEMO_DATA) --config configs/demo_van_b0_shapes.yaml --device cpu \
+		--output $(dir $(DEMO_RUN)) --experiment $(notdir $(DEMO_RUN))
+	$(PY) validate.py $(DEMO_DATA) --model van_b0 --img-size 64 --device cpu --workers 2 \
+		--checkpoint $(DEMO_RUN)/model_best.pth.tar --results-file $(DEMO_RUN)/validate.json
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

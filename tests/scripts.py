@@ -1,0 +1,41 @@
+"""Running train.py / validate.py / distributed_train.sh from the tests, on small drawn datasets."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from van_focal.checkpoint import allow_training_configs
+from van_focal.shapes import make_shapes_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# 3 classes of 32x32 images: 24 training images = 3 steps of batch 8 per epoch.
+TINY_DATA = dict(train_per_class=8, val_per_class=4, size=32, classes=('circle', 'square', 'triangle'))
+TINY_RUN = ['--model', 'van_b0', '--img-size', '32', '-b', '8', '--workers', '0', '--lr', '1e-3', '--warmup-epochs', '1',
+            '--log-interval', '1', '--device', 'cpu']
+
+
+def make_tiny_dataset(root: Path) -> Path:
+    return Path(make_shapes_dataset(str(root), **TINY_DATA))
+
+
+def script_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', PYTHON=sys.executable)
+    env.pop('WORLD_SIZE', None)
+    return env
+
+
+def run(script: str, *args, check: bool = True, env_extra: dict = None) -> subprocess.CompletedProcess:
+    """Run a top-level script of the repository with this interpreter; output captured as text."""
+    command = ['bash', str(REPO / script)] if script.endswith('.sh') else [sys.executable, str(REPO / script)]
+    result = subprocess.run(command + [str(a) for a in args], cwd=REPO, env={**script_env(), **(env_extra or {})},
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
+    return result
+
+
+def load(path: Path) -> dict:
+    allow_training_configs()  # again: timm's own loading removes argparse.Namespace when it is done
+    return torch.load(path, map_location='cpu', weights_only=True)

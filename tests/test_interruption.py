@@ -1,0 +1,84 @@
+"""A run killed at any moment resumes to the same weights, and a kill while saving loses nothing."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from scripts import REPO, TINY_RUN, load, make_tiny_dataset, run, script_env
+from van_focal.training import AtomicCheckpointSaver
+
+# Every source of randomness on: sampler order, RandAugment, random erasing, mixup/cutmix, drop path, EMA.
+RANDOM_RUN = [*TINY_RUN, '--epochs', '4', '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25', '--mixup', '0.8',
+              '--cutmix', '1.0', '--drop-path', '0.1', '--model-ema', '--model-ema-decay', '0.9', '--seed', '7']
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_and_resumed_run_ends_bit_identical(tmp_path):
+    data = make_tiny_dataset(tmp_path / 'data')
+    run('train.py', data, *RANDOM_RUN, '--output', tmp_path, '--experiment', 'straight')
+
+    command = [sys.executable, str(REPO / 'train.py'), str(data), *RANDOM_RUN, '--output', str(tmp_path),
+               '--experiment', 'killed']
+    process = subprocess.Popen(command, cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_checkpoint = tmp_path / 'killed' / 'checkpoint-0.pth.tar'
+    deadline = time.time() + 300
+    while not first_checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert load(tmp_path / 'killed' / 'last.pth.tar')['epoch'] < 3, 'the run finished before it could be killed'
+
+    run('train.py', data, *RANDOM_RUN, '--resume', tmp_path / 'killed' / 'last.pth.tar')
+    straight, resumed = load(tmp_path / 'straight' / 'last.pth.tar'), load(tmp_path / 'killed' / 'last.pth.tar')
+    assert resumed['epoch'] == straight['epoch'] == 3
+    assert _same_tensors(straight['state_dict'], resumed['state_dict'])
+    assert _same_tensors(straight['state_dict_ema'], resumed['state_dict_ema'])
+
+
+def _saver(folder, model):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return AtomicCheckpointSaver(model, optimizer, checkpoint_dir=str(folder), recovery_dir=str(folder), max_history=2)
+
+
+def test_kill_while_saving_leaves_the_previous_checkpoints(tmp_path, monkeypatch):
+    model = nn.Linear(4, 2)
+    saver = _saver(tmp_path, model)
+    saver.save_checkpoint(0, metric=1.0)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    real_save = torch.save
+
+    def killed_halfway(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        with open(path, 'r+b') as f:  # the process dies with half the bytes written
+            f.truncate(f.seek(0, 2) // 2)
+        raise KeyboardInterrupt
+
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    monkeypatch.setattr(torch, 'save', killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        saver.save_checkpoint(1, metric=2.0)
+    monkeypatch.setattr(torch, 'save', real_save)
+
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'checkpoint-0.pth.tar'):
+        assert (tmp_path / name).read_bytes() == saved[name]
+        assert load(tmp_path / name)['epoch'] == 0
+
+
+def test_checkpoint_history_matches_the_disk(tmp_path):
+    saver = _saver(tmp_path, nn.Linear(4, 2))
+    for epoch, metric in enumerate([1.0, 3.0, 2.0, 0.5]):
+        saver.save_checkpoint(epoch, metric=metric)
+    kept = sorted(p.name for p in tmp_path.glob('checkpoint-*'))
+    assert kept == ['checkpoint-1.pth.tar', 'checkpoint-2.pth.tar']
+    assert sorted(f.split('/')[-1] for f, _ in saver.checkpoint_files) == kept
+    assert load(tmp_path / 'model_best.pth.tar')['epoch'] == 1
+    assert not list(tmp_path.glob('*.partial')) and not (tmp_path / 'tmp.pth.tar').exists()

@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Train VAN / Focal Transformer (or any timm model) on an image-folder dataset such as ImageNet.
+
+    python train.py ROOT --config configs/van_b0.yaml [flags]          # one process
+    bash distributed_train.sh 8 ROOT --config configs/van_b2.yaml      # 8 processes (torchrun)
+
+ROOT holds train/<class>/<images> and val/<class>/<images>. Flags keep timm's train.py names;
+`--config` sets their defaults, the command line overrides it. The parts come from timm's
+library: datasets and loaders, RandAugment / random erasing / mixup / cutmix, losses,
+optimizers, schedulers, EMA, AMP loss scaling and checkpoint saving.
+"""
+import argparse
+import logging
+import os
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from datetime import datetime
+
+import torch
+import torch.nn as nn
+import yaml
+from timm import utils
+from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_config
+from timm.layers import convert_sync_batchnorm
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import create_model, safe_model_name
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
+
+import van_focal  # noqa: F401  (registers the models)
+from van_focal import device as devices
+from van_focal.checkpoint import checkpoint_loading
+from van_focal.cli import UsageError, check_model_name, parse_args, run_main
+from van_focal.data import build_dataset, class_folders, find_split
+from van_focal.training import AtomicCheckpointSaver, check_finite, plot_summary, seed_epoch
+
+_logger = logging.getLogger('train')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
+    parser.add_argument('data', metavar='ROOT', help='dataset root (with train/ and val/ folders)')
+
+    group = parser.add_argument_group('Dataset')
+    group.add_argument('--dataset', default='', help='timm dataset name ("wds/...", "hfds/..."); default: folders')
+    group.add_argument('--train-split', default='train')
+    group.add_argument('--val-split', default='val', help='empty: no validation')
+    group.add_argument('--skip-bad-images', action='store_true', help='skip and count undecodable images')
+    group.add_argument('--workers', '-j', type=int, default=4)
+    group.add_argument('--pin-mem', action='store_true')
+    group.add_argument('--no-prefetcher', action='store_true')
+
+    group = parser.add_argument_group('Model')
+    group.add_argument('--model', default='van_b0')
+    group.add_argument('--pretrained', action='store_true')
+    group.add_argument('--initial-checkpoint', default='', metavar='PATH')
+    group.add_argument('--resume', default='', metavar='PATH', help='continue this run (model, optimizer, EMA, epoch)')
+    group.add_argument('--no-resume-opt', action='store_true')
+    group.add_argument('--trust-checkpoint', action='store_true',
+                       help='load checkpoints with weights_only=False; only for files you trust')
+    group.add_argument('--num-classes', type=int, default=None)
+    group.add_argument('--img-size', type=int, default=None)
+    group.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W')
+    group.add_argument('--crop-pct', type=float, default=None)
+    group.add_argument('--mean', type=float, nargs='+', default=None)
+    group.add_argument('--std', type=float, nargs='+', default=None)
+    group.add_argument('--interpolation', default='')
+    group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None)
+    group.add_argument('--grad-accum-steps', type=int, default=1)
+    group.add_argument('--grad-checkpointing', action='store_true')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
+
+    group = parser.add_argument_group('Optimizer')
+    group.add_argument('--opt', default='adamw')
+    group.add_argument('--opt-eps', type=float, default=None)
+    group.add_argument('--opt-betas', type=float, nargs='+', default=None)
+    group.add_argument('--momentum', type=float, default=0.9)
+    group.add_argument('--weight-decay', type=float, default=0.05)
+    group.add_argument('--clip-grad', type=float, default=None)
+    group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'])
+    group.add_argument('--layer-decay', type=float, default=None)
+
+    group = parser.add_argument_group('Learning rate schedule')
+    group.add_argument('--sched', default='cosine')
+    group.add_argument('--sched-on-updates', action='store_true', help='step the schedule every update')
+    group.add_argument('--lr', type=float, default=None, help='default: --lr-base scaled to the global batch')
+    group.add_argument('--lr-base', type=float, default=1e-3)
+    group.add_argument('--lr-base-size', type=int, default=1024)
+    group.add_argument('--lr-base-scale', default='linear', choices=['linear', 'sqrt'])
+    group.add_argument('--warmup-lr', type=float, default=1e-6)
+    group.add_argument('--min-lr', type=float, default=1e-6)
+    group.add_argument('--epochs', type=int, default=300)
+    group.add_argument('--warmup-epochs', type=int, default=5)
+    group.add_argument('--warmup-prefix', action='store_true')
+    group.add_argument('--cooldown-epochs', type=int, default=0)
+    group.add_argument('--decay-epochs', type=float, default=90)
+    group.add_argument('--decay-rate', type=float, default=0.1)
+
+    group = parser.add_argument_group('Augmentation and regularisation')
+    group.add_argument('--aa', default=None, help='e.g. rand-m9-mstd0.5-inc1')
+    group.add_argument('--reprob', type=float, default=0.)
+    group.add_argument('--remode', default='pixel')
+    group.add_argument('--recount', type=int, default=1)
+    group.add_argument('--color-jitter', type=float, default=0.4)
+    group.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0])
+    group.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.])
+    group.add_argument('--hflip', type=float, default=0.5)
+    group.add_argument('--vflip', type=float, default=0.)
+    group.add_argument('--train-interpolation', default='random')
+    group.add_argument('--mixup', type=float, default=0.)
+    group.add_argument('--cutmix', type=float, default=0.)
+    group.add_argument('--mixup-prob', type=float, default=1.)
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
+    group.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'])
+    group.add_argument('--mixup-off-epoch', type=int, default=0)
+    group.add_argument('--smoothing', type=float, default=0.1)
+    group.add_argument('--drop', type=float, default=0.)
+    group.add_argument('--drop-path', type=float, default=None)
+    group.add_argument('--model-ema', action='store_true')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998)
+    group.add_argument('--model-ema-warmup', action='store_true')
+
+    group = parser.add_argument_group('Device and run')
+    group.add_argument('--device', default=None, help='cuda, npu or cpu (default: the accelerator present)')
+    group.add_argument('--amp', action='store_true', help='mixed precision')
+    group.add_argument('--amp-dtype', default='float16', choices=list(devices.AMP_DTYPES))
+    group.add_argument('--channels-last', action='store_true')
+    group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
+    group.add_argument('--sync-bn', action='store_true')
+    group.add_argument('--dist-bn', default='reduce', choices=['reduce', 'broadcast', ''])
+    group.add_argument('--seed', type=int, default=42)
+    group.add_argument('--output', default='', help='parent folder of the run folders (default: ./output/train)')
+    group.add_argument('--experiment', default='', help='run folder name (default: date-model-size)')
+    group.add_argument('--checkpoint-hist', type=int, default=10)
+    group.add_argument('--eval-metric', default='top1')
+    group.add_argument('--log-interval', type=int, default=50)
+    group.add_argument('--log-wandb', action='store_true')
+    return parser
+
+
+def build_loaders(args, data_config, device):
+    common = dict(distributed=args.distributed, device=device, use_prefetcher=not args.no_prefetcher,
+                  pin_memory=args.pin_mem, mean=data_config['mean'], std=data_config['std'],
+                  num_workers=args.workers, persistent_workers=False)  # fresh workers per epoch: seeded per epoch
+    dataset_train = build_dataset(args.dataset, args.data, args.train_split, '--train-split', is_training=True,
+                                  skip_bad_images=args.skip_bad_images, batch_size=args.batch_size, seed=args.seed)
+    mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                      switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+                      num_classes=args.num_classes)
+    mixup_active = args.mixup > 0 or args.cutmix > 0
+    collate_mixup = FastCollateMixup(**mixup_args) if mixup_active and not args.no_prefetcher else None
+    loader_train = create_loader(
+        dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+        collate_fn=collate_mixup, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
+        scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+        auto_augment=args.aa, interpolation=args.train_interpolation or data_config['interpolation'], **common)
+    loader_train.mixup_fn = Mixup(**mixup_args) if mixup_active and args.no_prefetcher else None
+
+    loader_eval = None
+    if args.val_split:
+        dataset_eval = build_dataset(args.dataset, args.data, args.val_split, '--val-split', is_training=False,
+                                     class_to_idx=getattr(getattr(dataset_train, 'reader', None), 'class_to_idx', None),
+                                     skip_bad_images=args.skip_bad_images, batch_size=args.batch_size)
+        loader_eval = create_loader(
+            dataset_eval, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
+            is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
+    return loader_train, loader_eval, mixup_active
+
+
+def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir):
+    model = task.get_trainable_module()
+    model.train()
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        if getattr(loader, 'mixup_enabled', False):
+            loader.mixup_enabled = False
+        if loader.mixup_fn is not None:
+            loader.mixup_fn.mixup_enabled = False
+    accum = args.grad_accum_steps
+    updates_per_epoch = (len(loader) + accum - 1) // accum
+    num_updates = epoch * updates_per_epoch
+    losses, update_time, data_time = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
+    start = data_start = time.time()
+    samples = 0
+    optimizer.zero_grad()
+    for batch_idx, (input, target) in enumerate(loader):
+        last_batch = batch_idx == len(loader) - 1
+        need_update = last_batch or (batch_idx + 1) % accum == 0
+        if args.no_prefetcher:
+            input, target = input.to(device), target.to(device)
+            if loader.mixup_fn is not None:
+                input, target = loader.mixup_fn(input, target)
+        if args.channels_last:
+            input = input.contiguous(memory_format=torch.channels_last)
+        data_time.update(time.time() - data_start)
+
+        with task.no_sync() if args.distributed and not need_update else nullcontext():
+            with autocast():
+                loss = task(input, target)['loss']
+            check_finite(loss, epoch, batch_idx, output_dir)
+            clip_params = task.get_clip_parameters(exclude_head='agc' in args.clip_mode) if args.clip_grad else None
+            if loss_scaler is not None:
+                loss_scaler(loss / accum, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                            parameters=clip_params, need_update=need_update)
+            else:
+                (loss / accum).backward()
+                if need_update:
+                    if args.clip_grad:
+                        utils.dispatch_clip_grad(clip_params, value=args.clip_grad, mode=args.clip_mode)
+                    optimizer.step()
+        losses.update(loss.item(), input.shape[0])
+        samples += input.shape[0] * args.world_size
+        if not need_update:
+            data_start = time.time()
+            continue
+
+        num_updates += 1
+        optimizer.zero_grad()
+        task.update_ema(step=num_updates)
+        lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+        update_idx = batch_idx // accum
+        if update_idx % args.log_interval == 0 or last_batch:
+            devices.synchronize(device)
+            now = time.time()
+            update_time.update((now - start) / max(1, samples) * args.batch_size * args.world_size * accum)
+            lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
+            eta = update_time.avg * (updates_per_epoch - update_idx - 1)
+            if utils.is_primary(args):
+                _logger.info(f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch}]  Loss: {losses.val:#.3g} '
+                             f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / (now - start):>7.1f} img/s  '
+                             f'Data: {data_time.avg:.3f}s  ETA: {eta:.0f}s')
+        data_start = time.time()
+
+    loss_avg = losses.avg
+    if args.distributed:
+        loss_avg = utils.reduce_tensor(torch.tensor([loss_avg], device=device), args.world_size).item()
+    skipped = loader.dataset.take_skipped_count() if hasattr(loader.dataset, 'take_skipped_count') else 0
+    if skipped:
+        _logger.warning(f'Epoch {epoch}: skipped {skipped} unreadable images (--skip-bad-images).')
+    return OrderedDict([('loss', loss_avg)])
+
+
+def validate(model, loader, args, device, autocast, log_suffix=''):
+    loss_fn = nn.CrossEntropyLoss()
+    losses, top1, top5 = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
+    model.eval()
+    with torch.inference_mode():
+        for input, target in loader:
+            if args.no_prefetcher:
+                input, target = input.to(device), target.to(device)
+            if args.channels_last:
+                input = input.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                output = model(input)
+            loss = loss_fn(output.float(), target)
+            acc1, acc5 = utils.accuracy(output, target, topk=(1, min(5, output.shape[-1])))
+            if args.distributed:
+                loss, acc1, acc5 = (utils.reduce_tensor(t, args.world_size) for t in (loss, acc1, acc5))
+            for meter, value in ((losses, loss), (top1, acc1), (top5, acc5)):
+                meter.update(value.item(), input.shape[0])
+    if utils.is_primary(args):
+        _logger.info(f'Eval{log_suffix}: loss {losses.avg:.4f}  top-1 {top1.avg:.2f}  top-5 {top5.avg:.2f}')
+    return OrderedDict([('loss', losses.avg), ('top1', top1.avg), ('top5', top5.avg)])
+
+
+def output_folder(args, data_config) -> str:
+    """The run folder: `--output/--experiment`, else the folder of the checkpoint resumed, else a new one."""
+    if args.resume and not args.experiment and not args.output:
+        return os.path.dirname(os.path.abspath(args.resume))
+    name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
+                                        str(data_config['input_size'][-1])])
+    return utils.get_outdir(args.output or './output/train', name)
+
+
+def start_wandb(args, output_dir: str) -> None:
+    try:
+        import wandb
+    except ImportError:
+        raise UsageError('--log-wandb needs the wandb package: pip install wandb (or drop the flag).') from None
+    wandb.init(name=os.path.basename(output_dir), config=vars(args))
+
+
+def main():
+    utils.setup_default_logging()
+    args = parse_args(build_parser())
+    args_text = yaml.safe_dump(vars(args), default_flow_style=False)
+    check_model_name(args.model)
+    args.device = devices.resolve_device_name(args.device)
+    args.dist_backend = devices.dist_backend(args.device)
+    args.grad_accum_steps = max(1, args.grad_accum_steps)
+    device = utils.init_distributed_device(args)
+    devices.set_fast_math(device)
+    _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
+    utils.random_seed(args.seed, args.rank)
+
+    if args.num_classes is None and not args.dataset:
+        args.num_classes = len(class_folders(find_split(args.data, args.train_split, '--train-split')))
+    in_chans = args.input_size[0] if args.input_size else 3
+    with checkpoint_loading(args.initial_checkpoint or args.model, args.model):
+        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
+                             drop_rate=args.drop, drop_path_rate=args.drop_path,
+                             checkpoint_path=args.initial_checkpoint or None, **args.model_kwargs)
+    args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if utils.is_primary(args):
+        _logger.info(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters.')
+    data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
+
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        args.dist_bn = ''
+        model = convert_sync_batchnorm(model)
+    amp_dtype = devices.amp_dtype(args.amp_dtype)
+    autocast = devices.autocast(device, args.amp, amp_dtype)
+    loss_scaler = devices.loss_scaler(device, args.amp, amp_dtype)
+
+    loader_train, loader_eval, mixup_active = build_loaders(args, data_config, device)
+    if mixup_active:
+        train_loss = SoftTargetCrossEntropy()  # mixup makes the smoothed soft targets
+    elif args.smoothing:
+        train_loss = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        train_loss = nn.CrossEntropyLoss()
+    task = ClassificationTask(model, criterion=train_loss, device=device, verbose=False)
+
+    if args.lr is None:
+        global_batch = args.batch_size * args.world_size * args.grad_accum_steps
+        ratio = global_batch / args.lr_base_size
+        args.lr = args.lr_base * (ratio ** 0.5 if args.lr_base_scale == 'sqrt' else ratio)
+        if utils.is_primary(args):
+            _logger.info(f'lr {args.lr:.3g} = --lr-base {args.lr_base:g} scaled ({args.lr_base_scale}) '
+                         f'from batch {args.lr_base_size} to the global batch {global_batch}.')
+    optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args))
+
+    resume_epoch = None
+    if args.resume:
+        with checkpoint_loading(args.resume, args.model):
+            resume_epoch = resume_task_checkpoint(
+                task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=utils.is_primary(args),
+                weights_only=not args.trust_checkpoint)
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+        if args.resume:
+            with checkpoint_loading(args.resume, args.model):
+                load_task_ema_checkpoint(task, args.resume, weights_only=not args.trust_checkpoint)
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile)
+        if task.has_ema():
+            task.compile_ema(backend=args.torchcompile)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device] if device.type != 'cpu' else None)
+
+    eval_metric = args.eval_metric if loader_eval is not None else 'loss'
+    saver, output_dir = None, ''
+    if utils.is_primary(args):
+        output_dir = output_folder(args, data_config)
+        saver = AtomicCheckpointSaver(model=task.get_trainable_module(), optimizer=optimizer, args=args,
+                                      amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
+                                      decreasing=eval_metric == 'loss', max_history=args.checkpoint_hist, task=task)
+        if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir):
+            saver.load_state_dict_from_checkpoint(args.resume)
+        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+            f.write(args_text)
+        if args.log_wandb:
+            start_wandb(args, output_dir)
+
+    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss'), updates_per_epoch=updates_per_epoch)
+    start_epoch = resume_epoch or 0
+    if start_epoch:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+    if utils.is_primary(args):
+        _logger.info(f'Training epochs {start_epoch}..{num_epochs - 1}, {updates_per_epoch} updates each; '
+                     f'output in {output_dir}.')
+
+    summary_csv = os.path.join(output_dir, 'summary.csv') if output_dir else ''
+    for epoch in range(start_epoch, num_epochs):
+        seed_epoch(args.seed, epoch, args.rank)
+        if hasattr(loader_train.sampler, 'set_epoch'):
+            loader_train.sampler.set_epoch(epoch)
+        train_metrics = train_one_epoch(epoch, task, loader_train, optimizer, args, device, lr_scheduler, autocast,
+                                        loss_scaler, output_dir)
+        if args.distributed and args.dist_bn:
+            utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = None
+        if loader_eval is not None:
+            eval_metrics = validate(task.get_eval_model(), loader_eval, args, device, autocast)
+            if task.has_ema():
+                if args.distributed and args.dist_bn:
+                    utils.distribute_bn(task.get_trainable_module(ema=True), args.world_size, args.dist_bn == 'reduce')
+                eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, args, device, autocast, ' (EMA)')
+        metric = (eval_metrics or train_metrics)[eval_metric]
+        if saver is not None:
+            lrs = [g['lr'] for g in optimizer.param_groups]
+            utils.update_summary(epoch, train_metrics, eval_metrics, filename=summary_csv, lr=sum(lrs) / len(lrs),
+                                 write_header=not os.path.exists(summary_csv), log_wandb=args.log_wandb)
+            saver.save_checkpoint(epoch, metric=metric)
+            plot_summary(summary_csv, os.path.join(output_dir, 'summary.png'))
+        lr_scheduler.step(epoch + 1, metric)
+
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    if saver is not None and saver.best_metric is not None:
+        _logger.info(f'Best {eval_metric}: {saver.best_metric:.3f} (epoch {saver.best_epoch}); '
+                     f'checkpoints and summary.csv / summary.png in {output_dir}')
+
+
+if __name__ == '__main__':
+    run_main(main)

@@ -1,0 +1,129 @@
+"""Command-line plumbing shared by train.py, validate.py and benchmark.py.
+
+`--config FILE.yaml` sets argparse defaults (keys are flag names, with - or _), the command line
+overrides it. A user's mistake ends the program with one message and exit status 2; a genuine
+bug keeps its traceback.
+"""
+import argparse
+import difflib
+import logging
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+import timm
+import yaml
+
+from .checkpoint import CheckpointError
+from .device import DeviceError
+
+_logger = logging.getLogger(__name__)
+
+
+class UsageError(RuntimeError):
+    """A mistake in the command line, a config file or the data, with what to do about it."""
+
+
+# Errors whose message already says what to do: shown without a traceback.
+USER_ERRORS = (UsageError, CheckpointError, DeviceError)
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run `main`, turning a user's mistake into one message on stderr and exit status 2."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        _logger.debug('details', exc_info=True)
+        print(f'error: {one_message(e)}', file=sys.stderr)
+        sys.exit(2)
+
+
+def one_message(error: BaseException) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it with the worker's traceback."""
+    text = str(error)
+    marker = f'{type(error).__name__}: '
+    if 'Original Traceback' in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()
+
+
+def _config_error(path: str, message: str) -> UsageError:
+    return UsageError(f'{path}: {message}')
+
+
+def _check_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """`value` converted to what `action` would have parsed from the command line, or a UsageError."""
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise _config_error(path, f"key '{key}' must be true or false, got {value!r}.")
+        return value
+    many = action.nargs in ('+', '*') or isinstance(action.nargs, int)
+    if many:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if action.nargs == '+' and not values:
+            raise _config_error(path, f"key '{key}' needs at least one value.")
+        return [_convert(path, key, v, action) for v in values]
+    if isinstance(value, (list, dict)):
+        raise _config_error(path, f"key '{key}' takes one value, got {value!r}.")
+    return _convert(path, key, value, action)
+
+
+def _convert(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+    kind = action.type
+    if isinstance(value, bool) and kind is not None:
+        raise _config_error(path, f"key '{key}' does not take true/false, got {value!r}.")
+    converted = value
+    if kind is not None:
+        try:
+            converted = kind(value)
+        except (TypeError, ValueError):
+            raise _config_error(path, f"key '{key}' must be {getattr(kind, '__name__', kind)}, got {value!r}.") from None
+        if kind is int and isinstance(value, float) and value != converted:
+            raise _config_error(path, f"key '{key}' must be int, got {value!r}.")
+    if action.choices is not None and converted not in action.choices:
+        raise _config_error(path, f"key '{key}' must be one of {sorted(action.choices)}, got {value!r}.")
+    return converted
+
+
+def read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """The defaults a YAML config sets, keyed by argparse dest, checked against `parser`'s flags."""
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UsageError(f'--config {path}: no such file.') from None
+    except yaml.YAMLError as e:
+        raise _config_error(path, f'not valid YAML ({str(e).splitlines()[0]}).') from None
+    if not isinstance(config, dict):
+        raise _config_error(path, 'must be a mapping of flag names to values.')
+    actions = {a.dest: a for a in parser._actions if a.dest != 'help'}
+    defaults = {}
+    for key, value in config.items():
+        dest = str(key).lstrip('-').replace('-', '_')
+        if dest not in actions:
+            close = difflib.get_close_matches(dest, list(actions), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ''
+            raise _config_error(path, f"unknown key '{key}'.{hint}")
+        defaults[dest] = _check_value(path, str(key), value, actions[dest])
+    return defaults
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse `argv` with the defaults of `--config FILE` (if given) under the command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default='')
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_config(known.config, parser))
+    return parser.parse_args(argv)
+
+
+def check_model_name(name: str) -> None:
+    """A UsageError suggesting close names when `name` is not a registered model."""
+    base = name.split('.')[0]
+    if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) or timm.is_model(base):
+        return
+    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Close names: {', '.join(close)}." if close else " See timm.list_models('van*') and ('focal*')."
+    raise UsageError(f"--model {name}: no such model.{hint}")

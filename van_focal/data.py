@@ -1,0 +1,110 @@
+"""Image-folder datasets (`ROOT/<split>/<class>/<image>`) that report what is wrong with the data.
+
+Other `--dataset` kinds (`wds/...`, `hfds/...`, `torch/...`) go to timm's `create_dataset` unchanged.
+"""
+import logging
+import os
+from typing import Dict, List, Optional
+
+import torch
+from PIL import Image
+from timm.data import ImageDataset, create_dataset
+from timm.data.readers.img_extensions import get_img_extensions
+
+from .cli import UsageError
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = tuple(sorted(get_img_extensions()))
+SPLIT_ALIASES = {'val': ('val', 'validation'), 'validation': ('validation', 'val')}
+
+
+class BadImageError(UsageError):
+    """An image file that cannot be decoded."""
+
+
+def find_split(root: str, split: str, flag: str) -> str:
+    """The folder of `split` under `root` (timm's aliases val/validation), or a UsageError."""
+    if not os.path.isdir(root):
+        raise UsageError(f'data root {root}: no such folder. Give the folder that holds {split}/<class>/<images>.')
+    for name in SPLIT_ALIASES.get(split, (split,)):
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    raise UsageError(f'data root {root} has no {split}/ folder (it has: {", ".join(found[:8]) or "nothing"}). '
+                     f'Choose the split with {flag}.')
+
+
+def class_folders(split_dir: str) -> List[str]:
+    """The class folder names of a split, refusing empty ones (they would silently shift the labels)."""
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if not classes:
+        raise UsageError(f'{split_dir}: no class folders. Expected {split_dir}/<class>/<images>.')
+    for name in classes:
+        folder = os.path.join(split_dir, name)
+        if not any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for _, _, fs in os.walk(folder) for f in fs):
+            raise UsageError(f'{folder}: empty class folder (no {"/".join(IMAGE_EXTENSIONS)} files). '
+                             'Add its images or remove the folder.')
+    return classes
+
+
+class CheckedImageDataset(ImageDataset):
+    """timm's ImageDataset that names an image it cannot decode, instead of silently taking the next one.
+
+    With `skip_bad_images` the file is skipped with a warning and counted in `skipped` (shared
+    with DataLoader workers); otherwise loading stops with a BadImageError naming the file.
+    """
+
+    def __init__(self, root: str, skip_bad_images: bool = False, **kwargs):
+        super().__init__(root, **kwargs)
+        self.skip_bad_images = skip_bad_images
+        self.skipped = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def _decode(self, path: str) -> Image.Image:
+        with Image.open(path) as img:
+            return img.convert(self.input_img_mode or 'RGB')  # decodes every pixel: truncation shows here
+
+    def __getitem__(self, index):
+        samples = self.reader.samples
+        for _ in range(len(samples)):
+            path, target = samples[index]
+            try:
+                img = self._decode(path)
+                break
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                if not self.skip_bad_images:
+                    raise BadImageError(f'{path}: cannot decode this image ({e}). Replace or delete the file, '
+                                        'or pass --skip-bad-images to skip unreadable files.') from None
+                self.skipped += 1
+                _logger.warning(f'Skipped unreadable image {path} ({e}).')
+                index = (index + 1) % len(samples)
+        else:
+            raise UsageError(f'{self.reader.root}: no image could be decoded.')
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def take_skipped_count(self) -> int:
+        """Images skipped since the last call."""
+        count = int(self.skipped.item())
+        self.skipped.zero_()
+        return count
+
+
+def build_dataset(name: str, root: str, split: str, flag: str, is_training: bool,
+                  class_to_idx: Optional[Dict[str, int]] = None, skip_bad_images: bool = False, **kwargs):
+    """An image-folder split checked as above, or timm's `create_dataset` for any other `--dataset`."""
+    if name:
+        return create_dataset(name, root=root, split=split, is_training=is_training, **kwargs)
+    split_dir = find_split(root, split, flag)
+    classes = class_folders(split_dir)
+    if class_to_idx is None:
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in classes if c not in class_to_idx]
+    if unknown:
+        raise UsageError(f'{split_dir} has classes that the training split lacks: {", ".join(unknown[:5])}.')
+    mode = kwargs.get('input_img_mode') or 'RGB'
+    return CheckedImageDataset(split_dir, skip_bad_images=skip_bad_images, class_map=class_to_idx,
+                               input_img_mode=mode)
