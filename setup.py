@@ -13,7 +13,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['van_focal', 'van_focal.*']),
     python_requires='>=3.9',
-    install_requires=['torch>=2.4', 'torchvision', 'timm>=1.0.20,<1.1', 'pyyaml'],
+    install_requires=['torch>=2.4', 'torchvision', 'timm>=1.0.31,<1.1', 'pyyaml'],
     extras_require={
         'npu': ['torch-npu'],
         'test': ['pytest'],

@@ -182,7 +182,7 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
     accum = args.grad_accum_steps
     updates_per_epoch = (len(loader) + accum - 1) // accum
     num_updates = epoch * updates_per_epoch
-    losses, update_time, data_time = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
+    losses, data_time = utils.AverageMeter(), utils.AverageMeter()
     start = data_start = time.time()
     samples = 0
     optimizer.zero_grad()
@@ -224,13 +224,12 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         update_idx = batch_idx // accum
         if update_idx % args.log_interval == 0 or last_batch:
             devices.synchronize(device)
-            now = time.time()
-            update_time.update((now - start) / max(1, samples) * args.batch_size * args.world_size * accum)
+            elapsed = time.time() - start
+            eta = elapsed / (update_idx + 1) * (updates_per_epoch - update_idx - 1)
             lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
-            eta = update_time.avg * (updates_per_epoch - update_idx - 1)
             if utils.is_primary(args):
                 _logger.info(f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch}]  Loss: {losses.val:#.3g} '
-                             f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / (now - start):>7.1f} img/s  '
+                             f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / elapsed:>7.1f} img/s  '
                              f'Data: {data_time.avg:.3f}s  ETA: {eta:.0f}s')
         data_start = time.time()
 

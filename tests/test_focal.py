@@ -154,3 +154,13 @@ def test_differing_stored_topk_indices_are_reported(caplog):
     with caplog.at_level('WARNING'):
         model.load_state_dict(state_dict)
     assert 'in 1 of' in caplog.text and 'top-K' in caplog.text
+
+
+@pytest.mark.parametrize('name', ['focal_tiny_patch4_window7_224', 'focalv2_tiny_useconv_patch4_window7_224'])
+def test_trains_after_an_inference_mode_forward(name):
+    """The cached index tables made under inference_mode (validation) must serve training afterwards."""
+    model = timm.create_model(name, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=3)
+    x = torch.randn(1, 3, 72, 88)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()

@@ -76,3 +76,11 @@ def test_config_file_sets_defaults_and_command_line_wins(tmp_path):
 def test_every_shipped_config_parses(name):
     args = train.parse_args(train.build_parser(), ['root', '--config', str(REPO / 'configs' / name)])
     assert args.model in name or name.startswith('demo')
+
+
+def test_focal_model_trains_across_epochs(data, tmp_path):
+    """Validation between epochs runs under inference_mode; the next epoch must still train."""
+    run('train.py', data, *TINY_RUN, '--model', 'focalv2_tiny_useconv_patch4_window7_224', '--epochs', '2',
+        '--model-kwargs', 'embed_dim=16', 'depths=(1,1,1,1)', 'num_heads=(1,1,1,1)', '--output', tmp_path,
+        '--experiment', 'focal')
+    assert load(tmp_path / 'focal' / 'last.pth.tar')['epoch'] == 1

@@ -65,8 +65,12 @@ class AtomicCheckpointSaver(utils.CheckpointSaver):
 
 
 def plot_summary(summary_csv: str, png_path: str) -> None:
-    """Loss and accuracy curves from timm's summary.csv, one panel each."""
-    import matplotlib
+    """Loss and accuracy curves from timm's summary.csv, one panel each (skipped without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        _logger.warning('summary.png needs matplotlib (pip install "van_focal[plot]"); summary.csv has the numbers.')
+        return
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 

@@ -139,7 +139,9 @@ def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -
 @torch.jit.ignore
 def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    with torch.device('cpu'):  # built on the CPU, also inside a `torch.device('meta')` block
+    # Built on the CPU also inside a `torch.device('meta')` block, and as normal tensors also inside
+    # `torch.inference_mode()`: the cache outlives the block, and training saves them for backward.
+    with torch.device('cpu'), torch.inference_mode(False):
         return _focal_v1_tables(height, width, ws, expand, focal_window, str(device))
 
 
@@ -147,7 +149,7 @@ def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window:
 @torch.jit.ignore
 def focal_v2_tables(height: int, width: int, ws: int, topk: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    with torch.device('cpu'):
+    with torch.device('cpu'), torch.inference_mode(False):
         return _focal_v2_tables(height, width, ws, topk, str(device))
 
 
@@ -165,11 +167,40 @@ def pad_to_windows(x: torch.Tensor, ws: int, centred: bool = False) -> torch.Ten
     return F.pad(x, (0, 0, left, pad_w - left, top, pad_h - top))
 
 
+def _map_to_windows(x: torch.Tensor, nwh: int, nww: int, ws: int, heads: int) -> torch.Tensor:
+    """(B, nwh*ws, nww*ws, C) map -> (B, heads*nW, ws*ws, head_dim) window queries, heads outermost."""
+    B = x.shape[0]
+    x = x.reshape(B, nwh, ws, nww, ws, heads, -1).permute(0, 5, 1, 3, 2, 4, 6)
+    return x.reshape(B, heads * nwh * nww, ws * ws, -1)
+
+
 def _windows_to_map(x: torch.Tensor, nwh: int, nww: int, ws: int) -> torch.Tensor:
-    """(B, nW, heads, ws*ws, head_dim) attention output -> (B, nwh*ws, nww*ws, C) map."""
-    B, _, heads, _, head_dim = x.shape
-    x = x.view(B, nwh, nww, heads, ws, ws, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(B, nwh * ws, nww * ws, heads * head_dim)
+    """(B, heads*nW, ws*ws, head_dim) attention output -> (B, nwh*ws, nww*ws, C) map."""
+    B, _, _, head_dim = x.shape
+    x = x.view(B, -1, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
+    return x.reshape(B, nwh * ws, nww * ws, -1)
+
+
+def _gather_keys_values(qkv: torch.Tensor, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (B, heads*nW, S, head_dim) of each window from the (B, N, 3, heads, head_dim)
+    projection of all tokens and an (nW, S) index into them: one gather, heads outermost so that
+    the result is already laid out for attention."""
+    B, _, _, heads, head_dim = qkv.shape
+    kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).index_select(3, index.view(-1))  # (2, B, heads, nW*S, head_dim)
+    k, v = kv.view(2, B, heads * index.shape[0], index.shape[1], head_dim).unbind(0)
+    return k, v
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
+                     scale: float) -> torch.Tensor:
+    """Attention of every window's queries (B, heads*nW, L, D) to its keys and values (B, heads*nW, S, D)
+    with an additive bias (heads, nW, L, S), as one 4-D `scaled_dot_product_attention` call.
+
+    Heads and windows share SDPA's 'heads' axis, so the bias broadcasts over the batch without a copy,
+    and SDPA can use its fused kernels (with 5-D inputs it falls back to the unfused math path).
+    """
+    mask = bias.to(q.dtype).reshape(1, q.shape[1], q.shape[2], -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
 class WindowPool(nn.Module):
@@ -239,16 +270,13 @@ class FocalAttention(nn.Module):
         # both carry the -100 mask, so their attention weight (~e^-100) is nil either way.
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C), x.new_zeros(B, 1, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        q = qkv[:, :H * W, 0].reshape(B, nwh, ws, nww, ws, heads, -1).permute(0, 1, 3, 5, 2, 4, 6)
-        q = q.reshape(B, nwh * nww, heads, ws * ws, -1)
+        q = _map_to_windows(qkv[:, :H * W, 0], nwh, nww, ws, heads)
 
         index, pad_mask = focal_v1_tables(H, W, ws, self.expand, self.focal_window, x.device)
-        kv = qkv[:, :, 1:].index_select(1, index.view(-1)).view(B, nwh * nww, -1, 2, heads, C // heads)
-        k, v = kv.permute(3, 0, 1, 4, 2, 5).unbind(0)
-        bias = self._position_bias().unsqueeze(0) + pad_mask[:, None, None, :]
+        k, v = _gather_keys_values(qkv, index)
+        bias = self._position_bias().unsqueeze(1) + pad_mask[None, :, None, :]  # (heads, nW, L, S)
 
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
+        out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
         return self.proj_drop(self.proj(_windows_to_map(out, nwh, nww, ws)))
 
 
@@ -280,20 +308,17 @@ class FocalFastAttention(nn.Module):
         pooled = self.pool(pad_to_windows(x, ws, centred=True))  # the official v2 pads centred to pool
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        q = pad_to_windows(qkv[:, :H * W, 0].reshape(B, H, W, C), ws)
-        q = q.view(B, nwh, ws, nww, ws, heads, -1).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, nwh * nww, heads, ws * ws, -1)
+        q = _map_to_windows(pad_to_windows(qkv[:, :H * W, 0].reshape(B, H, W, C), ws), nwh, nww, ws, heads)
 
         index, unique0, inverse0, unique1, inverse1 = focal_v2_tables(H, W, ws, self.topk, x.device)
-        kv = qkv[:, :, 1:].index_select(1, index.view(-1)).view(B, nwh * nww, -1, 2, heads, C // heads)
-        k, v = kv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        k, v = _gather_keys_values(qkv, index)
         biases = []
         for mlp, (unique, inverse) in zip(self.coord2rpb_all, ((unique0, inverse0), (unique1, inverse1))):
             table = mlp(unique.to(x.dtype))  # (U, heads): the MLP runs once per distinct coordinate
-            biases.append(table.t()[:, inverse].permute(1, 0, 2, 3))  # (nW, heads, ws*ws, K)
+            biases.append(table.t()[:, inverse])  # (heads, nW, ws*ws, K)
         bias = torch.cat(biases, -1)
 
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
+        out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
         out = _windows_to_map(out, nwh, nww, ws)[:, :H, :W]
         return self.proj_drop(self.proj(out))
 

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Inference and training-step throughput of VAN / Focal Transformer (or any timm model).
+
+    python benchmark.py --model 'van_b*' --bench both
+    python benchmark.py --model 'focal_*,focalv2_*' --bench infer --device cuda --amp --amp-dtype bfloat16 --channels-last
+    python benchmark.py --model van_b2 --fuse --results-file bench.csv
+
+For each model: parameters, GMACs per image (torch.utils.flop_counter), and per benchmark the median
+img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps,
+and the peak memory (accelerator allocator peak; process peak RSS on the CPU).
+"""
+import argparse
+import csv
+import json
+import logging
+import resource
+import statistics
+import time
+from typing import Any, Callable, Dict, List
+
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import van_focal  # noqa: F401  (registers the models)
+from van_focal import device as devices
+from van_focal.cli import UsageError, parse_args, run_main
+
+_logger = logging.getLogger('benchmark')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
+    parser.add_argument('--model', default='van_b0', help="names or wildcards, comma-separated: 'van_b*', 'focal_*,focalv2_*'")
+    parser.add_argument('--bench', default='both', choices=['infer', 'train', 'both'])
+    parser.add_argument('-b', '--batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--num-classes', type=int, default=1000)
+    parser.add_argument('--device', default=None, help='cuda, npu or cpu (default: the accelerator present)')
+    parser.add_argument('--amp', action='store_true')
+    parser.add_argument('--amp-dtype', default='bfloat16', choices=list(devices.AMP_DTYPES))
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
+    parser.add_argument('--fuse', action='store_true', help='inference on the fused model (timm reparameterize)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
+    parser.add_argument('--iters', type=int, default=3, help='steps per timed run')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs; the median is reported')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    parser.add_argument('--results-file', default='', help='.csv or .json')
+    return parser
+
+
+def model_names(patterns: str) -> List[str]:
+    """Models matching comma-separated names or wildcards ('focal*' also matches timm's own focalnet_*;
+    'focal_*,focalv2_*' are the nine Focal Transformers)."""
+    names = []
+    for pattern in patterns.split(','):
+        found = timm.list_models(pattern) if any(c in pattern for c in '*?[') else [pattern]
+        if not found or not all(timm.is_model(n) for n in found):
+            raise UsageError(f'--model {pattern}: no such model; see timm.list_models().')
+        names += [n for n in found if n not in names]
+    return names
+
+
+def gmacs_per_image(model: nn.Module, img_size: int) -> float:
+    """Multiply-accumulates of one forward pass on one image (meta device: nothing is computed)."""
+    with torch.device('meta'):
+        meta_model = timm.create_model(model.default_cfg['architecture'], num_classes=model.num_classes)
+        with FlopCounterMode(display=False) as counter:
+            meta_model(torch.empty(1, 3, img_size, img_size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def time_steps(step: Callable[[], Any], device: torch.device, args) -> Dict[str, float]:
+    """Median img/s and batch latency (ms) of `step` over args.repeats runs of args.iters steps."""
+    for _ in range(args.warmup):
+        step()
+    devices.synchronize(device)
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.iters):
+            step()
+        devices.synchronize(device)
+        seconds.append((time.perf_counter() - start) / args.iters)
+    median = statistics.median(seconds)
+    return dict(img_per_sec=round(args.batch_size / median, 2), latency_ms=round(1000 * median, 2))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    peak = devices.max_memory_allocated(device)
+    if peak is None:  # CPU: the process's peak resident memory so far (Linux reports KiB)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return round(peak / 2 ** 20, 1)
+
+
+def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, Any]:
+    model = timm.create_model(name, num_classes=args.num_classes).to(device)
+    result = dict(model=name, bench=mode, device=str(device), batch_size=args.batch_size, img_size=args.img_size,
+                  amp=args.amp and args.amp_dtype, channels_last=args.channels_last, fuse=args.fuse and mode == 'infer',
+                  compile=args.torchcompile or '', param_count=sum(p.numel() for p in model.parameters()),
+                  gmacs=round(gmacs_per_image(model, args.img_size), 3))
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).contiguous(
+        memory_format=memory_format)
+    autocast = devices.autocast(device, args.amp, devices.amp_dtype(args.amp_dtype))
+    devices.reset_peak_memory(device)
+
+    if mode == 'infer':
+        model.eval()
+        if args.fuse:
+            model = timm.utils.reparameterize_model(model)
+        run = torch.compile(model, backend=args.torchcompile) if args.torchcompile else model
+
+        def step():
+            with torch.inference_mode(), autocast():
+                run(x)
+    else:
+        model.train()
+        run = torch.compile(model, backend=args.torchcompile) if args.torchcompile else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+        target = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def step():
+            with autocast():
+                loss = loss_fn(run(x), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    result.update(time_steps(step, device, args))
+    result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
+    result['peak_memory_mb'] = peak_memory_mb(device)
+    return result
+
+
+def write_results(path: str, rows: List[Dict[str, Any]]) -> None:
+    with open(path, 'w', newline='') as f:
+        if path.endswith('.json'):
+            json.dump(rows, f, indent=2)
+            return
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    args = parse_args(build_parser())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(devices.resolve_device_name(args.device))
+    devices.set_fast_math(device)
+    modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
+    rows = []
+    for name in model_names(args.model):
+        for mode in modes:
+            row = bench_model(name, mode, device, args)
+            rows.append(row)
+            print(f"{name:<44} {mode:<5} {row['img_per_sec']:>9.2f} img/s  {row['latency_ms']:>9.1f} ms/batch  "
+                  f"{row['param_count'] / 1e6:>6.2f} M params  {row['gmacs']:>6.2f} GMACs  "
+                  f"{row['gflops_per_sec']:>8.1f} GFLOP/s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
+    if args.results_file:
+        write_results(args.results_file, rows)
+
+
+if __name__ == '__main__':
+    run_main(main)
