@@ -6,17 +6,18 @@
     python benchmark.py --model van_b2 --fuse --results-file bench.csv
 
 For each model: parameters, GMACs per image (torch.utils.flop_counter), and per benchmark the median
-img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps,
-and the peak memory (accelerator allocator peak; process peak RSS on the CPU).
+img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
+achieved GFLOP/s (training counted as 3x the forward) against the device's dense matmul rate,
+and the peak memory (the allocator's peak on an accelerator; the process's peak resident memory
+on the CPU, reset before each benchmark).
 """
 import argparse
 import csv
 import json
 import logging
-import resource
 import statistics
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import timm
 import torch
@@ -89,11 +90,16 @@ def time_steps(step: Callable[[], Any], device: torch.device, args) -> Dict[str,
     return dict(img_per_sec=round(args.batch_size / median, 2), latency_ms=round(1000 * median, 2))
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """The device's measured dense matmul rate (n x n), the yardstick for the models' achieved GFLOP/s."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_steps(lambda: a @ b, device, argparse.Namespace(warmup=2, iters=3, repeats=5, batch_size=1))
+    return round(2 * n ** 3 * seconds['img_per_sec'] / 1e9, 1)
+
+
+def peak_memory_mb(device: torch.device) -> Optional[float]:
     peak = devices.max_memory_allocated(device)
-    if peak is None:  # CPU: the process's peak resident memory so far (Linux reports KiB)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return round(peak / 2 ** 20, 1)
+    return None if peak is None else round(peak / 2 ** 20, 1)
 
 
 def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, Any]:
@@ -156,14 +162,17 @@ def main():
     device = torch.device(devices.resolve_device_name(args.device))
     devices.set_fast_math(device)
     modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
+    matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
+    print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')
     rows = []
     for name in model_names(args.model):
         for mode in modes:
             row = bench_model(name, mode, device, args)
+            row['matmul_gflops_per_sec'] = matmul
             rows.append(row)
             print(f"{name:<44} {mode:<5} {row['img_per_sec']:>9.2f} img/s  {row['latency_ms']:>9.1f} ms/batch  "
                   f"{row['param_count'] / 1e6:>6.2f} M params  {row['gmacs']:>6.2f} GMACs  "
-                  f"{row['gflops_per_sec']:>8.1f} GFLOP/s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
+                  f"{row['gflops_per_sec']:>8.1f} GFLOP/s ({100 * row['gflops_per_sec'] / matmul:.0f} % of matmul)  peak {row['peak_memory_mb']} MB", flush=True)
     if args.results_file:
         write_results(args.results_file, rows)
 

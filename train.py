@@ -32,8 +32,9 @@ from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal.checkpoint import checkpoint_loading
-from van_focal.cli import UsageError, check_model_name, parse_args, run_main
+from van_focal.cli import UsageError, add_model_input_args, check_model_name, parse_args, run_main
 from van_focal.data import build_dataset, class_folders, find_split
+from van_focal.evaluate import evaluate
 from van_focal.training import AtomicCheckpointSaver, check_finite, plot_summary, seed_epoch
 
 _logger = logging.getLogger('train')
@@ -59,15 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--initial-checkpoint', default='', metavar='PATH')
     group.add_argument('--resume', default='', metavar='PATH', help='continue this run (model, optimizer, EMA, epoch)')
     group.add_argument('--no-resume-opt', action='store_true')
-    group.add_argument('--trust-checkpoint', action='store_true',
-                       help='load checkpoints with weights_only=False; only for files you trust')
-    group.add_argument('--num-classes', type=int, default=None)
-    group.add_argument('--img-size', type=int, default=None)
-    group.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W')
-    group.add_argument('--crop-pct', type=float, default=None)
-    group.add_argument('--mean', type=float, nargs='+', default=None)
-    group.add_argument('--std', type=float, nargs='+', default=None)
-    group.add_argument('--interpolation', default='')
+    add_model_input_args(group)
     group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None)
     group.add_argument('--grad-accum-steps', type=int, default=1)
@@ -243,26 +236,12 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
 
 
 def validate(model, loader, args, device, autocast, log_suffix=''):
-    loss_fn = nn.CrossEntropyLoss()
-    losses, top1, top5 = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
-    model.eval()
-    with torch.inference_mode():
-        for input, target in loader:
-            if args.no_prefetcher:
-                input, target = input.to(device), target.to(device)
-            if args.channels_last:
-                input = input.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                output = model(input)
-            loss = loss_fn(output.float(), target)
-            acc1, acc5 = utils.accuracy(output, target, topk=(1, min(5, output.shape[-1])))
-            if args.distributed:
-                loss, acc1, acc5 = (utils.reduce_tensor(t, args.world_size) for t in (loss, acc1, acc5))
-            for meter, value in ((losses, loss), (top1, acc1), (top5, acc5)):
-                meter.update(value.item(), input.shape[0])
+    metrics = evaluate(model, loader, device, autocast, channels_last=args.channels_last,
+                       move_to_device=args.no_prefetcher, world_size=args.world_size if args.distributed else 1)
     if utils.is_primary(args):
-        _logger.info(f'Eval{log_suffix}: loss {losses.avg:.4f}  top-1 {top1.avg:.2f}  top-5 {top5.avg:.2f}')
-    return OrderedDict([('loss', losses.avg), ('top1', top1.avg), ('top5', top5.avg)])
+        _logger.info(f"Eval{log_suffix}: loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2f}  "
+                     f"top-5 {metrics['top5']:.2f}")
+    return OrderedDict((k, metrics[k]) for k in ('loss', 'top1', 'top5'))
 
 
 def output_folder(args, data_config) -> str:

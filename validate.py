@@ -16,7 +16,6 @@ import os
 import time
 
 import torch
-import torch.nn as nn
 from timm import utils
 from timm.data import create_loader, resolve_data_config
 from timm.models import create_model
@@ -26,8 +25,9 @@ from tqdm import tqdm
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal.checkpoint import checkpoint_loading, load_checkpoint
-from van_focal.cli import check_model_name, parse_args, run_main
+from van_focal.cli import add_model_input_args, check_model_name, parse_args, run_main
 from van_focal.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
+from van_focal.evaluate import evaluate
 
 _logger = logging.getLogger('validate')
 
@@ -42,15 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--pretrained', action='store_true')
     parser.add_argument('--checkpoint', default='', metavar='PATH')
     parser.add_argument('--use-ema', action='store_true', help="prefer the checkpoint's EMA weights")
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='load the checkpoint with weights_only=False; only for files you trust')
-    parser.add_argument('--num-classes', type=int, default=None)
-    parser.add_argument('--img-size', type=int, default=None)
-    parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W')
-    parser.add_argument('--crop-pct', type=float, default=None)
-    parser.add_argument('--mean', type=float, nargs='+', default=None)
-    parser.add_argument('--std', type=float, nargs='+', default=None)
-    parser.add_argument('--interpolation', default='')
+    add_model_input_args(parser)
     parser.add_argument('-b', '--batch-size', type=int, default=128)
     parser.add_argument('--workers', '-j', type=int, default=4)
     parser.add_argument('--pin-mem', action='store_true')
@@ -119,28 +111,18 @@ def main():
                            interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
                            num_workers=args.workers, crop_pct=data_config['crop_pct'], pin_memory=args.pin_mem)
 
-    loss_fn = nn.CrossEntropyLoss()
-    losses, top1, top5 = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
     start = time.time()
-    with torch.inference_mode(), tqdm(loader, desc=f'{args.model} on {split}', unit='batch') as progress:
-        for input, target in progress:
-            if args.no_prefetcher:
-                input, target = input.to(device), target.to(device)
-            if args.channels_last:
-                input = input.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                output = model(input)
-            acc1, acc5 = utils.accuracy(output, target, topk=(1, min(5, output.shape[-1])))
-            losses.update(loss_fn(output.float(), target).item(), input.shape[0])
-            top1.update(acc1.item(), input.shape[0])
-            top5.update(acc5.item(), input.shape[0])
-            progress.set_postfix_str(f'top-1 {top1.avg:.2f}  top-5 {top5.avg:.2f}')
+    with tqdm(loader, desc=f'{args.model} on {split}', unit='batch') as progress:
+        metrics = evaluate(model, progress, device, autocast, channels_last=args.channels_last,
+                           move_to_device=args.no_prefetcher,
+                           on_batch=lambda top1, top5: progress.set_postfix_str(f'top-1 {top1:.2f}  top-5 {top5:.2f}'))
     devices.synchronize(device)
     seconds = time.time() - start
     skipped = dataset.take_skipped_count() if hasattr(dataset, 'take_skipped_count') else 0
 
-    results = dict(model=args.model, top1=round(top1.avg, 3), top5=round(top5.avg, 3), loss=round(losses.avg, 4),
-                   images=top1.count, img_per_sec=round(top1.count / seconds, 1), param_count=params,
+    results = dict(model=args.model, top1=round(metrics['top1'], 3), top5=round(metrics['top5'], 3),
+                   loss=round(metrics['loss'], 4), images=metrics['count'],
+                   img_per_sec=round(metrics['count'] / seconds, 1), param_count=params,
                    img_size=data_config['input_size'][-1], crop_pct=data_config['crop_pct'],
                    interpolation=data_config['interpolation'], device=str(device), skipped_images=skipped)
     print(f"{args.model}: top-1 {results['top1']:.2f}  top-5 {results['top5']:.2f}  loss {results['loss']:.4f}  "

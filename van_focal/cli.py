@@ -119,6 +119,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None
     return parser.parse_args(argv)
 
 
+def add_model_input_args(parser) -> None:
+    """The flags train.py and validate.py share (timm's names): trusting a checkpoint, classes, preprocessing."""
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='load checkpoints with weights_only=False; only for files you trust')
+    parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--img-size', type=int, default=None)
+    parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W')
+    parser.add_argument('--crop-pct', type=float, default=None, help="default: the model's pretrained_cfg")
+    parser.add_argument('--mean', type=float, nargs='+', default=None)
+    parser.add_argument('--std', type=float, nargs='+', default=None)
+    parser.add_argument('--interpolation', default='')
+
+
 def check_model_name(name: str) -> None:
     """A UsageError suggesting close names when `name` is not a registered model."""
     base = name.split('.')[0]

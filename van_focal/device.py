@@ -87,15 +87,26 @@ def synchronize(device: torch.device) -> None:
 
 
 def max_memory_allocated(device: torch.device) -> Optional[int]:
-    """Peak bytes allocated on an accelerator since the last reset, None on the CPU."""
+    """Peak bytes since the last `reset_peak_memory`: the allocator's on an accelerator, the process's
+    peak resident memory (Linux VmHWM) on the CPU; None where neither is known."""
     if device.type in ('cuda', 'npu'):
         return getattr(torch, device.type).max_memory_allocated(device)
-    return None
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:'))
+    except (OSError, StopIteration):
+        return None
 
 
 def reset_peak_memory(device: torch.device) -> None:
     if device.type in ('cuda', 'npu'):
         getattr(torch, device.type).reset_peak_memory_stats(device)
+        return
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # Linux: resets VmHWM to the current resident size
+    except OSError:
+        pass
 
 
 def set_fast_math(device: torch.device) -> None:
