@@ -253,6 +253,38 @@ def output_folder(args, data_config) -> str:
     return utils.get_outdir(args.output or './output/train', name)
 
 
+def build_train_model(args, device: torch.device) -> nn.Module:
+    """The model to train, on `device`: pretrained / initial weights, classes from the data folders by default."""
+    if args.num_classes is None and not args.dataset:
+        args.num_classes = len(class_folders(find_split(args.data, args.train_split, '--train-split')))
+    in_chans = args.input_size[0] if args.input_size else 3
+    with checkpoint_loading(args.initial_checkpoint or args.model, args.model):
+        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
+                             drop_rate=args.drop, drop_path_rate=args.drop_path,
+                             checkpoint_path=args.initial_checkpoint or None, **args.model_kwargs)
+    args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if utils.is_primary(args):
+        _logger.info(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters.')
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        args.dist_bn = ''
+        model = convert_sync_batchnorm(model)
+    return model
+
+
+def resume_run(args, task, optimizer, loss_scaler) -> int:
+    """Restore model, optimizer and loss scaler from `--resume`; the epoch to continue from."""
+    with checkpoint_loading(args.resume, args.model):
+        return resume_task_checkpoint(
+            task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=utils.is_primary(args),
+            weights_only=not args.trust_checkpoint)
+
+
 def start_wandb(args, output_dir: str) -> None:
     try:
         import wandb
@@ -274,26 +306,8 @@ def main():
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
     utils.random_seed(args.seed, args.rank)
 
-    if args.num_classes is None and not args.dataset:
-        args.num_classes = len(class_folders(find_split(args.data, args.train_split, '--train-split')))
-    in_chans = args.input_size[0] if args.input_size else 3
-    with checkpoint_loading(args.initial_checkpoint or args.model, args.model):
-        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
-                             drop_rate=args.drop, drop_path_rate=args.drop_path,
-                             checkpoint_path=args.initial_checkpoint or None, **args.model_kwargs)
-    args.num_classes = model.num_classes
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if utils.is_primary(args):
-        _logger.info(f'Model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters.')
+    model = build_train_model(args, device)
     data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
-
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if args.distributed and args.sync_bn:
-        args.dist_bn = ''
-        model = convert_sync_batchnorm(model)
     amp_dtype = devices.amp_dtype(args.amp_dtype)
     autocast = devices.autocast(device, args.amp, amp_dtype)
     loss_scaler = devices.loss_scaler(device, args.amp, amp_dtype)
@@ -316,13 +330,7 @@ def main():
                          f'from batch {args.lr_base_size} to the global batch {global_batch}.')
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args))
 
-    resume_epoch = None
-    if args.resume:
-        with checkpoint_loading(args.resume, args.model):
-            resume_epoch = resume_task_checkpoint(
-                task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-                loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=utils.is_primary(args),
-                weights_only=not args.trust_checkpoint)
+    resume_epoch = resume_run(args, task, optimizer, loss_scaler) if args.resume else None
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
         if args.resume:

@@ -7,6 +7,7 @@ Laid out as timm's convnets (`stages.N.{downsample,blocks,norm}`, `head.fc`); th
 checkpoint keys (`patch_embed1`, `block1`, `norm1`, `head`) are mapped by `checkpoint_filter_fn`,
 which also runs on every `load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
 """
+import copy
 import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -15,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, calculate_drop_path_rates
-from timm.models import register_notrace_function
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model, reparameterize_model
+from timm.models import (
+    checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function, reparameterize_model)
 from timm.models._features import feature_take_indices
 
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
@@ -169,7 +170,7 @@ class FusedVanBlock(nn.Module):
         self.proj_2 = _conv_with_affine_output(attn.proj_2, ls1, ls1 * shift)
         self.register_buffer('skip_scale', (1 + ls1 * scale)[:, None, None].detach().clone())
 
-        self.mlp = block.mlp
+        self.mlp = copy.deepcopy(block.mlp)  # the block itself stays usable
         self.mlp.fc1 = _conv_on_affine_input(block.mlp.fc1, *_batchnorm_affine(block.norm2))
         self.mlp.fc2 = _conv_with_affine_output(block.mlp.fc2, ls2, torch.zeros_like(ls2))
 
