@@ -69,6 +69,26 @@ def _raised_by_torch_load(error: BaseException) -> bool:
     return any(frame.filename.endswith('torch/serialization.py') for frame in traceback.extract_tb(error.__traceback__))
 
 
+def _is_serialized_file(source: str) -> bool:
+    """Whether `source` starts like a torch.save file (a zip archive, or a legacy pickle); True if unreadable."""
+    try:
+        with open(source, 'rb') as f:
+            head = f.read(4)
+    except OSError:
+        return True
+    return head.startswith(b'PK') or head[:1] == b'\x80'
+
+
+def _classes_hint(shapes) -> str:
+    """Advice when only the classifier differs: the class count, which --num-classes sets."""
+    if not shapes or not all(re.match(r'(module\.)?head\b', key) for key, _, _ in shapes):
+        return 'Is it a checkpoint of another model or size?'
+    dims = lambda size: [int(d) for d in re.findall(r'\d+', size)]
+    file_classes, model_classes = dims(shapes[0][1])[0], dims(shapes[0][2])[0]
+    return (f'It has {file_classes} classes, the model {model_classes}: pass --num-classes {file_classes} '
+            f'(data with {file_classes} classes), or fine-tune from it with --pretrained-path.')
+
+
 def explain(error: BaseException, source: str, model_name: str = 'this model') -> Optional[CheckpointError]:
     """A CheckpointError for a known loading failure of `source`, or None for anything else (a genuine bug)."""
     text = str(error)
@@ -76,6 +96,9 @@ def explain(error: BaseException, source: str, model_name: str = 'this model') -
         return CheckpointError(f'{source}: no such checkpoint file.')
     refusal = next((e for e in (error, error.__cause__) if isinstance(e, pickle.UnpicklingError)
                     and 'Weights only load failed' in str(e)), None)
+    if (refusal is not None or _raised_by_torch_load(error)) and not _is_serialized_file(source):
+        return CheckpointError(f'{source} is not a PyTorch checkpoint (neither a zip archive nor a pickle). '
+                               'Check the path: pass the .pth / .pth.tar file that train.py or torch.save wrote.')
     if refusal is not None:
         found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(refusal))
         what = f' ({found.group(1)})' if found else ''
@@ -86,8 +109,11 @@ def explain(error: BaseException, source: str, model_name: str = 'this model') -
         return CheckpointError(f'{source} is truncated or not a PyTorch checkpoint ({first_line}). '
                                'Download or copy it again.')
     if isinstance(error, RuntimeError) and 'Error(s) in loading state_dict' in text:
-        return CheckpointError(f'{source} does not fit {model_name}: {_summarise_state_dict_error(text)}. '
-                               'Is it a checkpoint of another model or size?')
+        shapes = re.findall(r'size mismatch for ([^:]+): copying a param with shape (torch\.Size\(\[[^]]*\]\)) from '
+                            r'checkpoint, the shape in current model is (torch\.Size\(\[[^]]*\]\))', text)
+        missing_or_unexpected = re.search(r'(Missing|Unexpected) key\(s\)', text)
+        hint = 'Is it a checkpoint of another model or size?' if missing_or_unexpected else _classes_hint(shapes)
+        return CheckpointError(f'{source} does not fit {model_name}: {_summarise_state_dict_error(text)}. {hint}')
     return None
 
 

@@ -8,7 +8,7 @@ import argparse
 import difflib
 import logging
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import timm
 import yaml
@@ -63,6 +63,10 @@ def _check_value(path: str, key: str, value: Any, action: argparse.Action) -> An
         values = value if isinstance(value, (list, tuple)) else [value]
         if action.nargs == '+' and not values:
             raise _config_error(path, f"key '{key}' needs at least one value.")
+        if isinstance(action.nargs, int) and len(values) != action.nargs:
+            example = ', '.join(str(d) for d in action.default) if action.default else ', '.join(['...'] * action.nargs)
+            raise _config_error(path, f"key '{key}' takes {action.nargs} values, got {value!r}. "
+                                      f"Write a list, e.g. {key}: [{example}].")
         return [_convert(path, key, v, action) for v in values]
     if isinstance(value, (list, dict)):
         raise _config_error(path, f"key '{key}' takes one value, got {value!r}.")
@@ -86,6 +90,15 @@ def _convert(path: str, key: str, value: Any, action: argparse.Action) -> Any:
     return converted
 
 
+# Names other training configs (Swin / Focal's yacs, mmpretrain, Keras) use for timm's flags.
+CONFIG_SYNONYMS = {
+    'learning_rate': 'lr', 'base_lr': 'lr_base', 'optimizer': 'opt', 'label_smoothing': 'smoothing',
+    'drop_path_rate': 'drop_path', 'drop_rate': 'drop', 'image_size': 'img_size', 'num_workers': 'workers',
+    'accumulation_steps': 'grad_accum_steps', 'warmup_lr_init': 'warmup_lr', 'lr_min': 'min_lr',
+    'num_epochs': 'epochs', 'max_epochs': 'epochs', 'n_classes': 'num_classes',
+}
+
+
 def read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     """The defaults a YAML config sets, keyed by argparse dest, checked against `parser`'s flags."""
     try:
@@ -102,7 +115,8 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     for key, value in config.items():
         dest = str(key).lstrip('-').replace('-', '_')
         if dest not in actions:
-            close = difflib.get_close_matches(dest, list(actions), n=3)
+            known = [CONFIG_SYNONYMS[dest.lower()]] if CONFIG_SYNONYMS.get(dest.lower()) in actions else []
+            close = known or difflib.get_close_matches(dest, list(actions), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ''
             raise _config_error(path, f"unknown key '{key}'.{hint}")
         defaults[dest] = _check_value(path, str(key), value, actions[dest])
@@ -119,14 +133,38 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None
     return parser.parse_args(argv)
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> Set[str]:
+    """The dests that the command line `argv` or its `--config` file set explicitly (not left to a default)."""
+    defaults = {a.dest: a.default for a in parser._actions}
+    parser_defaults = dict(parser._defaults)
+    try:
+        parser._defaults.clear()
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        explicit, _ = parser.parse_known_args(argv)
+    finally:
+        parser._defaults.update(parser_defaults)
+        for action in parser._actions:
+            action.default = defaults[action.dest]
+    given = set(vars(explicit)) - {'help'}
+    if getattr(explicit, 'config', ''):
+        given |= set(read_config(explicit.config, parser))
+    return given
+
+
 def add_model_input_args(parser) -> None:
     """The flags train.py and validate.py share (timm's names): trusting a checkpoint, classes, preprocessing."""
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load checkpoints with weights_only=False; only for files you trust')
     parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--class-map', default='', metavar='FILE', help='class names in index order (.txt, one a line)')
+    parser.add_argument('--gp', default=None, help='global pool type of the head (avg, max, avgmax, ...)')
+    parser.add_argument('--in-chans', type=int, default=None, help='input channels (default: --input-size, else 3)')
+    parser.add_argument('--input-img-mode', default=None, help='PIL image mode (default: RGB, or L for 1 channel)')
     parser.add_argument('--img-size', type=int, default=None)
-    parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W')
+    parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
     parser.add_argument('--crop-pct', type=float, default=None, help="default: the model's pretrained_cfg")
+    parser.add_argument('--crop-mode', default=None, help='center, squash or border (default: center)')
     parser.add_argument('--mean', type=float, nargs='+', default=None)
     parser.add_argument('--std', type=float, nargs='+', default=None)
     parser.add_argument('--interpolation', default='')

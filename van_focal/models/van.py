@@ -364,6 +364,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    if kwargs.get('features_only'):
+        feature_take_indices(len(kwargs['depths']), out_indices)  # the same out-of-range message as Focal's
     return build_model(
         VAN, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
