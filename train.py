@@ -22,8 +22,8 @@ import torch.nn as nn
 import yaml
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_config
-from timm.layers import convert_sync_batchnorm
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.layers import convert_sync_batchnorm, set_fast_norm
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -31,8 +31,10 @@ from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
+from van_focal import finetune, run_checks, run_info
 from van_focal.checkpoint import checkpoint_loading
-from van_focal.cli import UsageError, add_model_input_args, check_model_name, parse_args, run_main
+from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, check_model_name, data_root,
+                           given_flags, parse_args, run_main)
 from van_focal.data import build_dataset, class_folders, find_split
 from van_focal.evaluate import evaluate
 from van_focal.training import AtomicCheckpointSaver, check_finite, plot_summary, seed_epoch
@@ -43,20 +45,26 @@ _logger = logging.getLogger('train')
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
-    parser.add_argument('data', metavar='ROOT', help='dataset root (with train/ and val/ folders)')
+    add_data_root_args(parser, 'dataset root (with train/ and val/ folders)')
 
     group = parser.add_argument_group('Dataset')
     group.add_argument('--dataset', default='', help='timm dataset name ("wds/...", "hfds/..."); default: folders')
     group.add_argument('--train-split', default='train')
     group.add_argument('--val-split', default='val', help='empty: no validation')
     group.add_argument('--skip-bad-images', action='store_true', help='skip and count undecodable images')
+    group.add_argument('--train-num-samples', type=int, default=None, help='iterable datasets: samples per epoch')
+    group.add_argument('--val-num-samples', type=int, default=None)
+    group.add_argument('--dataset-download', action='store_true', help='torch/... datasets: download if absent')
     group.add_argument('--workers', '-j', type=int, default=4)
+    group.add_argument('--worker-seeding', default='all')
     group.add_argument('--pin-mem', action='store_true')
     group.add_argument('--no-prefetcher', action='store_true')
 
     group = parser.add_argument_group('Model')
     group.add_argument('--model', default='van_b0')
     group.add_argument('--pretrained', action='store_true')
+    group.add_argument('--pretrained-path', default=None, metavar='PATH',
+                       help='load this file as the pretrained weights (head re-initialised if the class count differs)')
     group.add_argument('--initial-checkpoint', default='', metavar='PATH')
     group.add_argument('--resume', default='', metavar='PATH', help='continue this run (model, optimizer, EMA, epoch)')
     group.add_argument('--no-resume-opt', action='store_true')
@@ -66,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--grad-accum-steps', type=int, default=1)
     group.add_argument('--grad-checkpointing', action='store_true')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
+    group.add_argument('--head-init-scale', type=float, default=None)
+    group.add_argument('--head-init-bias', type=float, default=None)
+    group.add_argument('--fast-norm', action='store_true')
 
     group = parser.add_argument_group('Optimizer')
     group.add_argument('--opt', default='adamw')
@@ -76,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--clip-grad', type=float, default=None)
     group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'])
     group.add_argument('--layer-decay', type=float, default=None)
+    group.add_argument('--layer-decay-min-scale', type=float, default=0)
+    group.add_argument('--layer-decay-no-opt-scale', type=float, default=None)
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
 
     group = parser.add_argument_group('Learning rate schedule')
     group.add_argument('--sched', default='cosine')
@@ -86,19 +100,39 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--lr-base-scale', default='linear', choices=['linear', 'sqrt'])
     group.add_argument('--warmup-lr', type=float, default=1e-6)
     group.add_argument('--min-lr', type=float, default=1e-6)
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='PCT')
+    group.add_argument('--lr-noise-pct', type=float, default=0.67)
+    group.add_argument('--lr-noise-std', type=float, default=1.0)
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0)
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5)
+    group.add_argument('--lr-cycle-limit', type=int, default=1)
+    group.add_argument('--lr-k-decay', type=float, default=1.0)
     group.add_argument('--epochs', type=int, default=300)
+    group.add_argument('--start-epoch', type=int, default=None, help='start here, also over the epoch resumed')
+    group.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270])
+    group.add_argument('--patience-epochs', type=int, default=10)
     group.add_argument('--warmup-epochs', type=int, default=5)
     group.add_argument('--warmup-prefix', action='store_true')
     group.add_argument('--cooldown-epochs', type=int, default=0)
     group.add_argument('--decay-epochs', type=float, default=90)
-    group.add_argument('--decay-rate', type=float, default=0.1)
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1)
 
     group = parser.add_argument_group('Augmentation and regularisation')
+    group.add_argument('--no-aug', action='store_true', help='no training augmentation (overrides the flags below)')
+    group.add_argument('--train-crop-mode', default=None)
     group.add_argument('--aa', default=None, help='e.g. rand-m9-mstd0.5-inc1')
+    group.add_argument('--aug-repeats', type=float, default=0, help='repeated augmentation (distributed only)')
+    group.add_argument('--bce-loss', action='store_true')
+    group.add_argument('--bce-sum', action='store_true')
+    group.add_argument('--bce-target-thresh', type=float, default=None)
+    group.add_argument('--bce-pos-weight', type=float, default=None)
     group.add_argument('--reprob', type=float, default=0.)
     group.add_argument('--remode', default='pixel')
     group.add_argument('--recount', type=int, default=1)
     group.add_argument('--color-jitter', type=float, default=0.4)
+    group.add_argument('--color-jitter-prob', type=float, default=None)
+    group.add_argument('--grayscale-prob', type=float, default=None)
+    group.add_argument('--gaussian-blur-prob', type=float, default=None)
     group.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0])
     group.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.])
     group.add_argument('--hflip', type=float, default=0.5)
@@ -106,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--train-interpolation', default='random')
     group.add_argument('--mixup', type=float, default=0.)
     group.add_argument('--cutmix', type=float, default=0.)
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
     group.add_argument('--mixup-prob', type=float, default=1.)
     group.add_argument('--mixup-switch-prob', type=float, default=0.5)
     group.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'])
@@ -123,12 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--amp-dtype', default='float16', choices=list(devices.AMP_DTYPES))
     group.add_argument('--channels-last', action='store_true')
     group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
+    group.add_argument('--torchcompile-mode', default=None)
     group.add_argument('--sync-bn', action='store_true')
     group.add_argument('--dist-bn', default='reduce', choices=['reduce', 'broadcast', ''])
     group.add_argument('--seed', type=int, default=42)
     group.add_argument('--output', default='', help='parent folder of the run folders (default: ./output/train)')
     group.add_argument('--experiment', default='', help='run folder name (default: date-model-size)')
     group.add_argument('--checkpoint-hist', type=int, default=10)
+    group.add_argument('--recovery-interval', type=int, default=0, help='updates between recovery checkpoints')
     group.add_argument('--eval-metric', default='top1')
     group.add_argument('--log-interval', type=int, default=50)
     group.add_argument('--log-wandb', action='store_true')
@@ -139,32 +176,44 @@ def build_loaders(args, data_config, device):
     common = dict(distributed=args.distributed, device=device, use_prefetcher=not args.no_prefetcher,
                   pin_memory=args.pin_mem, mean=data_config['mean'], std=data_config['std'],
                   num_workers=args.workers, persistent_workers=False)  # fresh workers per epoch: seeded per epoch
+    class_to_idx = {name: i for i, name in enumerate(args.class_names)} if args.class_map else None
+    named = dict(class_map=args.class_map, download=args.dataset_download) if args.dataset else {}
     dataset_train = build_dataset(args.dataset, args.data, args.train_split, '--train-split', is_training=True,
-                                  skip_bad_images=args.skip_bad_images, batch_size=args.batch_size, seed=args.seed)
-    mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                                  class_to_idx=class_to_idx, skip_bad_images=args.skip_bad_images,
+                                  batch_size=args.batch_size, seed=args.seed, input_img_mode=args.input_img_mode,
+                                  **dict(named, num_samples=args.train_num_samples) if args.dataset else {})
+    mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                      prob=args.mixup_prob,
                       switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
                       num_classes=args.num_classes)
-    mixup_active = args.mixup > 0 or args.cutmix > 0
+    mixup_active = not args.no_aug and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None)
     collate_mixup = FastCollateMixup(**mixup_args) if mixup_active and not args.no_prefetcher else None
     loader_train = create_loader(
         dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
         collate_fn=collate_mixup, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
         scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, interpolation=args.train_interpolation or data_config['interpolation'], **common)
+        auto_augment=args.aa, no_aug=args.no_aug, train_crop_mode=args.train_crop_mode, num_aug_repeats=args.aug_repeats,
+        color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
+        gaussian_blur_prob=args.gaussian_blur_prob, worker_seeding=args.worker_seeding,
+        interpolation=(not args.no_aug and args.train_interpolation) or data_config['interpolation'], **common)
     loader_train.mixup_fn = Mixup(**mixup_args) if mixup_active and args.no_prefetcher else None
 
     loader_eval = None
     if args.val_split:
         dataset_eval = build_dataset(args.dataset, args.data, args.val_split, '--val-split', is_training=False,
                                      class_to_idx=getattr(getattr(dataset_train, 'reader', None), 'class_to_idx', None),
-                                     skip_bad_images=args.skip_bad_images, batch_size=args.batch_size)
+                                     skip_bad_images=args.skip_bad_images, batch_size=args.batch_size,
+                                     input_img_mode=args.input_img_mode,
+                                     **dict(named, num_samples=args.val_num_samples) if args.dataset else {})
         loader_eval = create_loader(
             dataset_eval, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
-            is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
+            is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
+            crop_mode=data_config['crop_mode'], **common)
     return loader_train, loader_eval, mixup_active
 
 
-def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir):
+def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir,
+                    saver=None):
     model = task.get_trainable_module()
     model.train()
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
@@ -215,6 +264,8 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         task.update_ema(step=num_updates)
         lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
         update_idx = batch_idx // accum
+        if saver is not None and args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+            saver.save_recovery(epoch, batch_idx=update_idx)
         if update_idx % args.log_interval == 0 or last_batch:
             devices.synchronize(device)
             elapsed = time.time() - start
@@ -233,6 +284,16 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
     if skipped:
         _logger.warning(f'Epoch {epoch}: skipped {skipped} unreadable images (--skip-bad-images).')
     return OrderedDict([('loss', loss_avg)])
+
+
+def train_loss(args, mixup_active: bool) -> nn.Module:
+    """timm's choice: soft-target CE under mixup (which smooths the targets), else smoothed CE; BCE if asked."""
+    bce = dict(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
+    if mixup_active:
+        return BinaryCrossEntropy(**bce) if args.bce_loss else SoftTargetCrossEntropy()
+    if args.bce_loss:
+        return BinaryCrossEntropy(smoothing=args.smoothing, **bce)
+    return LabelSmoothingCrossEntropy(smoothing=args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
 
 
 def validate(model, loader, args, device, autocast, log_suffix=''):
@@ -255,14 +316,25 @@ def output_folder(args, data_config) -> str:
 
 def build_train_model(args, device: torch.device) -> nn.Module:
     """The model to train, on `device`: pretrained / initial weights, classes from the data folders by default."""
-    if args.num_classes is None and not args.dataset:
-        args.num_classes = len(class_folders(find_split(args.data, args.train_split, '--train-split')))
-    in_chans = args.input_size[0] if args.input_size else 3
-    with checkpoint_loading(args.initial_checkpoint or args.model, args.model):
-        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
+    if args.class_map:
+        args.class_names = run_info.class_names_from_map(args.class_map, args.data)
+    elif not args.dataset:
+        args.class_names = class_folders(find_split(args.data, args.train_split, '--train-split'))
+    if args.num_classes is None and args.class_names:
+        args.num_classes = len(args.class_names)
+    args.in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    weights = dict(pretrained=args.pretrained)
+    if args.pretrained_path:
+        weights = finetune.pretrained_path_kwargs(args.model, args.pretrained_path, args.num_classes)
+    if args.fast_norm:
+        set_fast_norm()
+    with checkpoint_loading(args.initial_checkpoint or args.pretrained_path or args.model, args.model):
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, global_pool=args.gp,
                              drop_rate=args.drop, drop_path_rate=args.drop_path,
-                             checkpoint_path=args.initial_checkpoint or None, **args.model_kwargs)
+                             checkpoint_path=args.initial_checkpoint or None, **weights, **args.model_kwargs)
     args.num_classes = model.num_classes
+    if args.head_init_scale is not None or args.head_init_bias is not None:
+        finetune.init_head(model, args.head_init_scale, args.head_init_bias)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if utils.is_primary(args):
@@ -293,9 +365,14 @@ def start_wandb(args, output_dir: str) -> None:
     wandb.init(name=os.path.basename(output_dir), config=vars(args))
 
 
-def main():
+def main(argv=None):
     utils.setup_default_logging()
-    args = parse_args(build_parser())
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    args.data, args.class_names = data_root(args), None
+    if args.resume:
+        saved = run_info.read_saved_args(args.resume, args.trust_checkpoint)
+        run_info.restore_run_settings(args, saved, given_flags(parser, argv), args.resume)
     args_text = yaml.safe_dump(vars(args), default_flow_style=False)
     check_model_name(args.model)
     args.device = devices.resolve_device_name(args.device)
@@ -308,18 +385,15 @@ def main():
 
     model = build_train_model(args, device)
     data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
+    args.data_config = run_info.plain_data_config(data_config)  # saved with args in every checkpoint
+    args.input_img_mode = run_info.input_img_mode(args, data_config)
     amp_dtype = devices.amp_dtype(args.amp_dtype)
     autocast = devices.autocast(device, args.amp, amp_dtype)
     loss_scaler = devices.loss_scaler(device, args.amp, amp_dtype)
 
     loader_train, loader_eval, mixup_active = build_loaders(args, data_config, device)
-    if mixup_active:
-        train_loss = SoftTargetCrossEntropy()  # mixup makes the smoothed soft targets
-    elif args.smoothing:
-        train_loss = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        train_loss = nn.CrossEntropyLoss()
-    task = ClassificationTask(model, criterion=train_loss, device=device, verbose=False)
+    run_checks.check_updates_per_epoch(loader_train, args.batch_size, args.world_size)
+    task = ClassificationTask(model, criterion=train_loss(args, mixup_active), device=device, verbose=False)
 
     if args.lr is None:
         global_batch = args.batch_size * args.world_size * args.grad_accum_steps
@@ -328,7 +402,7 @@ def main():
         if utils.is_primary(args):
             _logger.info(f'lr {args.lr:.3g} = --lr-base {args.lr_base:g} scaled ({args.lr_base_scale}) '
                          f'from batch {args.lr_base_size} to the global batch {global_batch}.')
-    optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args))
+    optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
 
     resume_epoch = resume_run(args, task, optimizer, loss_scaler) if args.resume else None
     if args.model_ema:
@@ -337,9 +411,9 @@ def main():
             with checkpoint_loading(args.resume, args.model):
                 load_task_ema_checkpoint(task, args.resume, weights_only=not args.trust_checkpoint)
     if args.torchcompile:
-        task.compile(backend=args.torchcompile)
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
         if task.has_ema():
-            task.compile_ema(backend=args.torchcompile)
+            task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
         task.prepare_distributed(device_ids=[device] if device.type != 'cpu' else None)
 
@@ -360,7 +434,7 @@ def main():
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss'), updates_per_epoch=updates_per_epoch)
-    start_epoch = resume_epoch or 0
+    start_epoch = args.start_epoch if args.start_epoch is not None else resume_epoch or 0
     if start_epoch:
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
@@ -369,6 +443,7 @@ def main():
     if utils.is_primary(args):
         _logger.info(f'Training epochs {start_epoch}..{num_epochs - 1}, {updates_per_epoch} updates each; '
                      f'output in {output_dir}.')
+        run_checks.warn_if_warmup_fills_run(args.warmup_epochs, start_epoch, num_epochs, args.warmup_lr, args.lr)
 
     summary_csv = os.path.join(output_dir, 'summary.csv') if output_dir else ''
     for epoch in range(start_epoch, num_epochs):
@@ -376,7 +451,7 @@ def main():
         if hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
         train_metrics = train_one_epoch(epoch, task, loader_train, optimizer, args, device, lr_scheduler, autocast,
-                                        loss_scaler, output_dir)
+                                        loss_scaler, output_dir, saver)
         if args.distributed and args.dist_bn:
             utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
         eval_metrics = None

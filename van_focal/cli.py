@@ -152,6 +152,19 @@ def given_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]] = Non
     return given
 
 
+def add_data_root_args(parser, help: str) -> None:
+    """The dataset root, as timm: positional ROOT or --data-dir."""
+    parser.add_argument('data', nargs='?', default=None, metavar='ROOT', help=help)
+    parser.add_argument('--data-dir', default=None, metavar='ROOT', help='the same as ROOT')
+
+
+def data_root(args) -> str:
+    root = args.data or args.data_dir
+    if not root:
+        raise UsageError('no dataset: give its root folder (ROOT or --data-dir).')
+    return root
+
+
 def add_model_input_args(parser) -> None:
     """The flags train.py and validate.py share (timm's names): trusting a checkpoint, classes, preprocessing."""
     parser.add_argument('--trust-checkpoint', action='store_true',

@@ -31,4 +31,6 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, autocast
                 meter.update(value.item(), input.shape[0])
             if on_batch is not None:
                 on_batch(top1.avg, top5.avg)
-    return OrderedDict([('loss', losses.avg), ('top1', top1.avg), ('top5', top5.avg), ('count', top1.count)])
+    # Rounded: float32 accuracies averaged in float64 print as 20.000000127156575.
+    return OrderedDict([('loss', round(losses.avg, 6)), ('top1', round(top1.avg, 4)), ('top5', round(top5.avg, 4)),
+                        ('count', top1.count)])

@@ -30,7 +30,7 @@ INPUT_KEYS = ('img_size', 'input_size', 'crop_pct', 'crop_mode', 'mean', 'std', 
 NOT_RESTORED = {
     'data', 'data_dir', 'config', 'resume', 'no_resume_opt', 'initial_checkpoint', 'pretrained', 'pretrained_path',
     'device', 'workers', 'pin_mem', 'output', 'experiment', 'trust_checkpoint', 'log_wandb', 'skip_bad_images',
-    'log_interval', 'recovery_interval', 'torchcompile',
+    'log_interval', 'recovery_interval', 'torchcompile', 'start_epoch', 'class_names', 'data_config',
 }
 
 
