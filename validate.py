@@ -2,11 +2,12 @@
 """Measure top-1 / top-5 / loss of a model on an image-folder split.
 
     python validate.py ROOT --model van_b2 --pretrained -b 128
-    python validate.py ROOT --model van_b0 --checkpoint output/train/RUN/model_best.pth.tar --use-ema
+    python validate.py ROOT --checkpoint output/train/RUN/model_best.pth.tar --use-ema
 
 ROOT holds `--split` (default val/) of class folders, or is itself a folder of class folders.
-Preprocessing (resize, crop_pct, mean/std, interpolation) comes from the model's pretrained_cfg
-unless a flag overrides it. Flag names follow timm's validate.py.
+A checkpoint written by train.py gives the model, its class count and names, the input size and
+the preprocessing; otherwise these come from the model's pretrained_cfg. A flag overrides either.
+Flag names follow timm's validate.py.
 """
 import argparse
 import csv
@@ -17,15 +18,17 @@ import time
 
 import torch
 from timm import utils
-from timm.data import create_loader, resolve_data_config
+from timm.data import create_loader
 from timm.models import create_model
 from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
+from van_focal import run_info
 from van_focal.checkpoint import checkpoint_loading, load_checkpoint
-from van_focal.cli import add_model_input_args, check_model_name, parse_args, run_main
+from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, check_model_name, data_root,
+                           given_flags, parse_args, run_main)
 from van_focal.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
 from van_focal.evaluate import evaluate
 
@@ -35,12 +38,16 @@ _logger = logging.getLogger('validate')
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
-    parser.add_argument('data', metavar='ROOT')
+    add_data_root_args(parser, 'dataset root (with a val/ folder), or a folder of class folders')
     parser.add_argument('--dataset', default='', help='timm dataset name ("wds/...", "hfds/..."); default: folders')
     parser.add_argument('--split', default='val')
-    parser.add_argument('--model', default='van_b0')
+    parser.add_argument('--num-samples', type=int, default=None, help='iterable datasets: samples to evaluate')
+    parser.add_argument('--dataset-download', action='store_true', help='torch/... datasets: download if absent')
+    parser.add_argument('--model', '-m', default=None, help="default: the checkpoint's, else van_b0")
     parser.add_argument('--pretrained', action='store_true')
     parser.add_argument('--checkpoint', default='', metavar='PATH')
+    parser.add_argument('--random-weights', action='store_true',
+                        help='evaluate a randomly initialised model (a baseline): no --checkpoint or --pretrained')
     parser.add_argument('--use-ema', action='store_true', help="prefer the checkpoint's EMA weights")
     add_model_input_args(parser)
     parser.add_argument('-b', '--batch-size', type=int, default=128)
@@ -55,20 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--reparam', action='store_true', help='fuse layers for inference (VAN: model.fuse())')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
+    parser.add_argument('--seed', type=int, default=42)
     parser.add_argument('--results-file', default='', help='write the results here (.csv or .json)')
+    parser.add_argument('--results-format', default='', choices=['', 'csv', 'json'], help="default: the file's suffix")
     return parser
+
+
+# Folder names that mark ROOT as a dataset root rather than a folder of class folders.
+SPLIT_NAMES = ('train', 'val', 'validation', 'test')
 
 
 def split_location(root: str, split: str) -> tuple:
     """(root, split) for build_dataset: `root/split`, or `root` itself when it is the folder of class folders."""
     has_split = any(os.path.isdir(os.path.join(root, name)) for name in SPLIT_ALIASES.get(split, (split,)))
     if os.path.isdir(root) and not has_split:
+        if any(os.path.isdir(os.path.join(root, name)) for name in SPLIT_NAMES):
+            find_split(root, split, '--split')  # a dataset root without this split: says which splits it has
         return os.path.split(os.path.abspath(root))
     return root, split
 
 
-def write_results(path: str, results: dict) -> None:
-    if path.endswith('.json'):
+def check_class_count(split_dir: str, num_classes: int, flag_hint: str) -> None:
+    folders = len(class_folders(split_dir))
+    if folders > num_classes:
+        raise UsageError(f'{split_dir} has {folders} class folders, the model {num_classes} classes ({flag_hint}). '
+                         'Evaluate data of the classes it was trained on, or pass the matching checkpoint.')
+
+
+def model_weights_given(args) -> None:
+    if not (args.checkpoint or args.pretrained or args.random_weights):
+        raise UsageError('no weights to evaluate: pass --checkpoint FILE or --pretrained '
+                         '(or --random-weights to evaluate a randomly initialised model as a baseline).')
+
+
+def write_results(path: str, results: dict, results_format: str = '') -> None:
+    if (results_format or os.path.splitext(path)[1][1:]) == 'json':
         with open(path, 'w') as f:
             json.dump(results, f, indent=2)
         return
@@ -78,25 +106,41 @@ def write_results(path: str, results: dict) -> None:
         writer.writerow(results)
 
 
-def main():
+def main(argv=None):
     utils.setup_default_logging()
-    args = parse_args(build_parser())
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    args.data, args.class_names = data_root(args), None
+    model_weights_given(args)
+    saved = run_info.read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
+    run_info.fill_from_checkpoint(args, saved, given_flags(parser, argv), args.checkpoint)
+    args.model = args.model or 'van_b0'
     check_model_name(args.model)
+    if args.class_map:
+        args.class_names = run_info.class_names_from_map(args.class_map, args.data)
     device = torch.device(devices.resolve_device_name(args.device))
     devices.set_fast_math(device)
+    utils.random_seed(args.seed)
     root, split = split_location(args.data, args.split) if not args.dataset else (args.data, args.split)
+    if args.num_classes is None and args.class_names:
+        args.num_classes = len(args.class_names)
     if args.num_classes is None and not args.dataset and not args.pretrained:
         args.num_classes = len(class_folders(find_split(root, split, '--split')))
+    elif args.num_classes is not None and not args.class_names and not args.dataset:
+        check_class_count(find_split(root, split, '--split'), args.num_classes,
+                          'from the checkpoint' if 'num_classes' in saved else '--num-classes')
 
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
     with checkpoint_loading(args.model, args.model):
-        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, **args.model_kwargs)
+        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
+                             global_pool=args.gp, **args.model_kwargs)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trusted=args.trust_checkpoint)
     if args.reparam:
         model = reparameterize_model(model)
     params = sum(p.numel() for p in model.parameters())
     _logger.info(f'Model {args.model}: {params:,} parameters.')
-    data_config = resolve_data_config(vars(args), model=model, verbose=True)
+    data_config = run_info.data_config_for(args, model, saved, verbose=True)
     model.to(device).eval()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -104,12 +148,16 @@ def main():
         model = torch.compile(model, backend=args.torchcompile)
     autocast = devices.autocast(device, args.amp, devices.amp_dtype(args.amp_dtype))
 
-    dataset = build_dataset(args.dataset, root, split, '--split', is_training=False,
-                            skip_bad_images=args.skip_bad_images)
+    class_to_idx = {name: i for i, name in enumerate(args.class_names)} if args.class_names else None
+    named = dict(class_map=args.class_map, download=args.dataset_download, num_samples=args.num_samples)
+    dataset = build_dataset(args.dataset, root, split, '--split', is_training=False, class_to_idx=class_to_idx,
+                            skip_bad_images=args.skip_bad_images, input_img_mode=run_info.input_img_mode(args, data_config),
+                            **named if args.dataset else {})
     loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
                            is_training=False, use_prefetcher=not args.no_prefetcher, device=device,
                            interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-                           num_workers=args.workers, crop_pct=data_config['crop_pct'], pin_memory=args.pin_mem)
+                           num_workers=args.workers, crop_pct=data_config['crop_pct'],
+                           crop_mode=data_config['crop_mode'], pin_memory=args.pin_mem)
 
     start = time.time()
     with tqdm(loader, desc=f'{args.model} on {split}', unit='batch') as progress:
@@ -128,7 +176,7 @@ def main():
     print(f"{args.model}: top-1 {results['top1']:.2f}  top-5 {results['top5']:.2f}  loss {results['loss']:.4f}  "
           f"({results['images']} images, {results['img_per_sec']} img/s)")
     if args.results_file:
-        write_results(args.results_file, results)
+        write_results(args.results_file, results, args.results_format)
 
 
 if __name__ == '__main__':

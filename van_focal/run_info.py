@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any, Dict, List, Set
 
+import timm
 import torch
 from timm.data import resolve_data_config
 from timm.data.readers.class_map import load_class_map
@@ -66,11 +67,15 @@ def restore_run_settings(args: argparse.Namespace, saved: Dict[str, Any], given:
     return changed
 
 
-def fill_from_checkpoint(args: argparse.Namespace, saved: Dict[str, Any], given: Set[str]) -> None:
+def fill_from_checkpoint(args: argparse.Namespace, saved: Dict[str, Any], given: Set[str], source: str) -> None:
     """Model and input settings a checkpoint holds, for the ones the command line did not give.
 
     The input size is taken as a whole: a command-line `--img-size` also replaces a stored `--input-size`.
     """
+    name = saved.get('model')
+    if 'model' not in given and isinstance(name, str) and not timm.is_model(name.split('.')[0]):
+        raise UsageError(f"{source} was trained as model '{name}', which is not registered here: pass --model "
+                         '(e.g. --model van_b0).')
     keys = list(MODEL_KEYS)
     if not given & {'img_size', 'input_size'}:
         keys += INPUT_KEYS
