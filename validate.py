@@ -19,14 +19,12 @@ import time
 import torch
 from timm import utils
 from timm.data import create_loader
-from timm.models import create_model
 from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal import run_info
-from van_focal.checkpoint import checkpoint_loading, load_checkpoint
 from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, check_model_name, data_root,
                            given_flags, parse_args, run_main)
 from van_focal.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
@@ -130,12 +128,7 @@ def main(argv=None):
         check_class_count(find_split(root, split, '--split'), args.num_classes,
                           'from the checkpoint' if 'num_classes' in saved else '--num-classes')
 
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    with checkpoint_loading(args.model, args.model):
-        model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
-                             global_pool=args.gp, **args.model_kwargs)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trusted=args.trust_checkpoint)
+    model = run_info.rebuild_model(args)
     if args.reparam:
         model = reparameterize_model(model)
     params = sum(p.numel() for p in model.parameters())

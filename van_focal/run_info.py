@@ -15,10 +15,11 @@ from typing import Any, Dict, List, Set
 
 import timm
 import torch
+import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.data.readers.class_map import load_class_map
 
-from .checkpoint import checkpoint_loading
+from .checkpoint import checkpoint_loading, load_checkpoint
 from .cli import UsageError
 
 _logger = logging.getLogger(__name__)
@@ -86,6 +87,17 @@ def fill_from_checkpoint(args: argparse.Namespace, saved: Dict[str, Any], given:
             setattr(args, key, saved[key])
     if 'class_names' in saved and not getattr(args, 'class_map', ''):
         args.class_names = saved['class_names']
+
+
+def rebuild_model(args: argparse.Namespace) -> nn.Module:
+    """The model `args` describe (after `fill_from_checkpoint`), with the weights of `--checkpoint` or `--pretrained`."""
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    with checkpoint_loading(args.model, args.model):
+        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
+                                  in_chans=in_chans, global_pool=args.gp, **args.model_kwargs)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trusted=args.trust_checkpoint)
+    return model
 
 
 def data_config_for(args: argparse.Namespace, model: torch.nn.Module, saved: Dict[str, Any],
