@@ -9,12 +9,15 @@ For each model: parameters, GMACs per image (torch.utils.flop_counter), and per 
 img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
 achieved GFLOP/s (training counted as 3x the forward) against the device's dense matmul rate,
 and the peak memory (the allocator's peak on an accelerator; the process's peak resident memory
-on the CPU, reset before each benchmark).
+on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
+ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 """
 import argparse
+import concurrent.futures
 import csv
 import json
 import logging
+import multiprocessing
 import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model', default='van_b0', help="names or wildcards, comma-separated: 'van_b*', 'focal_*,focalv2_*'")
     parser.add_argument('--bench', default='both', choices=['infer', 'train', 'both'])
     parser.add_argument('-b', '--batch-size', type=int, default=8)
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--img-size', type=int, default=224, metavar='N')
     parser.add_argument('--num-classes', type=int, default=1000)
     parser.add_argument('--device', default=None, help='cuda, npu or cpu (default: the accelerator present)')
     parser.add_argument('--amp', action='store_true')
@@ -144,6 +147,21 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
     return result
 
 
+def _bench_in_this_process(name: str, modes: List[str], args) -> List[Dict[str, Any]]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(devices.resolve_device_name(args.device))
+    devices.set_fast_math(device)
+    return [bench_model(name, mode, device, args) for mode in modes]
+
+
+def bench_isolated(name: str, modes: List[str], args) -> List[Dict[str, Any]]:
+    """`bench_model` for each mode, in a fresh process (spawned: nothing of this one is inherited)."""
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_bench_in_this_process, name, modes, args).result()
+
+
 def write_results(path: str, rows: List[Dict[str, Any]]) -> None:
     with open(path, 'w', newline='') as f:
         if path.endswith('.json'):
@@ -166,8 +184,8 @@ def main():
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')
     rows = []
     for name in model_names(args.model):
-        for mode in modes:
-            row = bench_model(name, mode, device, args)
+        for row in bench_isolated(name, modes, args):
+            mode = row['bench']
             row['matmul_gflops_per_sec'] = matmul
             rows.append(row)
             print(f"{name:<44} {mode:<5} {row['img_per_sec']:>9.2f} img/s  {row['latency_ms']:>9.1f} ms/batch  "
