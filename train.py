@@ -33,8 +33,8 @@ import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal import finetune, run_checks, run_info
 from van_focal.checkpoint import checkpoint_loading
-from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, check_model_name, data_root,
-                           given_flags, parse_args, run_main)
+from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, add_named_dataset_args,
+                           check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main)
 from van_focal.data import build_dataset, class_folders, find_split
 from van_focal.evaluate import evaluate
 from van_focal.training import AtomicCheckpointSaver, check_finite, plot_summary, seed_epoch
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--skip-bad-images', action='store_true', help='skip and count undecodable images')
     group.add_argument('--train-num-samples', type=int, default=None, help='iterable datasets: samples per epoch')
     group.add_argument('--val-num-samples', type=int, default=None)
-    group.add_argument('--dataset-download', action='store_true', help='torch/... datasets: download if absent')
+    add_named_dataset_args(group)
     group.add_argument('--workers', '-j', type=int, default=4)
     group.add_argument('--worker-seeding', default='all')
     group.add_argument('--pin-mem', action='store_true')
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
     group.add_argument('--torchcompile-mode', default=None)
     group.add_argument('--sync-bn', action='store_true')
+    group.add_argument('--local_rank', '--local-rank', type=int, default=0, help='set by torch.distributed.launch')
     group.add_argument('--dist-bn', default='reduce', choices=['reduce', 'broadcast', ''])
     group.add_argument('--seed', type=int, default=42)
     group.add_argument('--output', default='', help='parent folder of the run folders (default: ./output/train)')
@@ -177,11 +178,10 @@ def build_loaders(args, data_config, device):
                   pin_memory=args.pin_mem, mean=data_config['mean'], std=data_config['std'],
                   num_workers=args.workers, persistent_workers=False)  # fresh workers per epoch: seeded per epoch
     class_to_idx = {name: i for i, name in enumerate(args.class_names)} if args.class_map else None
-    named = dict(class_map=args.class_map, download=args.dataset_download) if args.dataset else {}
     dataset_train = build_dataset(args.dataset, args.data, args.train_split, '--train-split', is_training=True,
                                   class_to_idx=class_to_idx, skip_bad_images=args.skip_bad_images,
                                   batch_size=args.batch_size, seed=args.seed, input_img_mode=args.input_img_mode,
-                                  **dict(named, num_samples=args.train_num_samples) if args.dataset else {})
+                                  **named_dataset_kwargs(args, args.train_num_samples))
     mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                       prob=args.mixup_prob,
                       switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
@@ -204,7 +204,7 @@ def build_loaders(args, data_config, device):
                                      class_to_idx=getattr(getattr(dataset_train, 'reader', None), 'class_to_idx', None),
                                      skip_bad_images=args.skip_bad_images, batch_size=args.batch_size,
                                      input_img_mode=args.input_img_mode,
-                                     **dict(named, num_samples=args.val_num_samples) if args.dataset else {})
+                                     **named_dataset_kwargs(args, args.val_num_samples))
         loader_eval = create_loader(
             dataset_eval, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
             is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],

@@ -19,14 +19,15 @@ import time
 import torch
 from timm import utils
 from timm.data import create_loader
+from timm.layers import set_fast_norm
 from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal import run_info
-from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, check_model_name, data_root,
-                           given_flags, parse_args, run_main)
+from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, add_named_dataset_args,
+                           check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main)
 from van_focal.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
 from van_focal.evaluate import evaluate
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dataset', default='', help='timm dataset name ("wds/...", "hfds/..."); default: folders')
     parser.add_argument('--split', default='val')
     parser.add_argument('--num-samples', type=int, default=None, help='iterable datasets: samples to evaluate')
-    parser.add_argument('--dataset-download', action='store_true', help='torch/... datasets: download if absent')
+    add_named_dataset_args(parser)
     parser.add_argument('--model', '-m', default=None, help="default: the checkpoint's, else van_b0")
     parser.add_argument('--pretrained', action='store_true')
     parser.add_argument('--checkpoint', default='', metavar='PATH')
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--reparam', action='store_true', help='fuse layers for inference (VAN: model.fuse())')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
+    parser.add_argument('--torchcompile-mode', default=None)
+    parser.add_argument('--fast-norm', action='store_true')
+    parser.add_argument('--crop-border-pixels', type=int, default=None, help='crop this many pixels off each edge')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
     parser.add_argument('--seed', type=int, default=42)
     parser.add_argument('--results-file', default='', help='write the results here (.csv or .json)')
@@ -119,6 +123,8 @@ def main(argv=None):
     device = torch.device(devices.resolve_device_name(args.device))
     devices.set_fast_math(device)
     utils.random_seed(args.seed)
+    if args.fast_norm:
+        set_fast_norm()
     root, split = split_location(args.data, args.split) if not args.dataset else (args.data, args.split)
     if args.num_classes is None and args.class_names:
         args.num_classes = len(args.class_names)
@@ -138,19 +144,19 @@ def main(argv=None):
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.torchcompile:
-        model = torch.compile(model, backend=args.torchcompile)
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
     autocast = devices.autocast(device, args.amp, devices.amp_dtype(args.amp_dtype))
 
     class_to_idx = {name: i for i, name in enumerate(args.class_names)} if args.class_names else None
-    named = dict(class_map=args.class_map, download=args.dataset_download, num_samples=args.num_samples)
     dataset = build_dataset(args.dataset, root, split, '--split', is_training=False, class_to_idx=class_to_idx,
                             skip_bad_images=args.skip_bad_images, input_img_mode=run_info.input_img_mode(args, data_config),
-                            **named if args.dataset else {})
+                            **named_dataset_kwargs(args, args.num_samples))
     loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
                            is_training=False, use_prefetcher=not args.no_prefetcher, device=device,
                            interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
                            num_workers=args.workers, crop_pct=data_config['crop_pct'],
-                           crop_mode=data_config['crop_mode'], pin_memory=args.pin_mem)
+                           crop_mode=data_config['crop_mode'], crop_border_pixels=args.crop_border_pixels,
+                           pin_memory=args.pin_mem)
 
     start = time.time()
     with tqdm(loader, desc=f'{args.model} on {split}', unit='batch') as progress:

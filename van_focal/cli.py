@@ -165,6 +165,22 @@ def data_root(args) -> str:
     return root
 
 
+def add_named_dataset_args(parser) -> None:
+    """timm's flags for `--dataset` kinds other than folders (hfds/, wds/, torch/, tfds/)."""
+    parser.add_argument('--dataset-download', action='store_true', help='torch/... datasets: download if absent')
+    parser.add_argument('--input-key', default=None, help='hfds/wds: the image column')
+    parser.add_argument('--target-key', default=None, help='hfds/wds: the label column')
+    parser.add_argument('--dataset-trust-remote-code', action='store_true', help="hfds: run the dataset's own code")
+
+
+def named_dataset_kwargs(args, num_samples: Optional[int]) -> Dict[str, Any]:
+    """`create_dataset` kwargs from the flags above, for `--dataset NAME`; {} for image folders."""
+    if not args.dataset:
+        return {}
+    return dict(class_map=args.class_map, download=args.dataset_download, num_samples=num_samples,
+                input_key=args.input_key, target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code)
+
+
 def add_model_input_args(parser) -> None:
     """The flags train.py and validate.py share (timm's names): trusting a checkpoint, classes, preprocessing."""
     parser.add_argument('--trust-checkpoint', action='store_true',
