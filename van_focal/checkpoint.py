@@ -6,6 +6,7 @@ loop of Focal Transformer a yacs `CfgNode`. Exactly those are allowed (`allow_tr
 any other pickled object is refused unless the caller says the file is trusted.
 """
 import argparse
+import os
 import pickle
 import re
 import traceback
@@ -92,7 +93,7 @@ def _classes_hint(shapes) -> str:
 def explain(error: BaseException, source: str, model_name: str = 'this model') -> Optional[CheckpointError]:
     """A CheckpointError for a known loading failure of `source`, or None for anything else (a genuine bug)."""
     text = str(error)
-    if isinstance(error, FileNotFoundError) and not _raised_by_torch_load(error):
+    if isinstance(error, FileNotFoundError) and (not _raised_by_torch_load(error) or not os.path.exists(source)):
         return CheckpointError(f'{source}: no such checkpoint file.')
     refusal = next((e for e in (error, error.__cause__) if isinstance(e, pickle.UnpicklingError)
                     and 'Weights only load failed' in str(e)), None)
