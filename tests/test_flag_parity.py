@@ -1,0 +1,72 @@
+"""Every flag of timm's own train.py / validate.py exists here, or README.md lists it as left out on purpose.
+
+The flag names of timm's scripts are committed data (tests/fixtures/timm_script_flags.txt, names only)."""
+import re
+import sys
+from typing import Dict, List
+
+import pytest
+
+from conftest import FIXTURES
+from scripts import REPO
+
+sys.path.insert(0, str(REPO))
+import train  # noqa: E402
+import validate  # noqa: E402
+
+SCRIPTS = {'train.py': train, 'validate.py': validate}
+
+
+def timm_flags() -> Dict[str, List[List[str]]]:
+    """Per script, the option strings of each of timm's arguments."""
+    flags, script = {}, None
+    for line in (FIXTURES / 'timm_script_flags.txt').read_text().splitlines():
+        if not line.strip() or line.startswith('#'):
+            continue
+        if line.startswith('['):
+            script = line.strip('[]')
+            flags[script] = []
+        else:
+            flags[script].append(line.split())
+    return flags
+
+
+def left_out() -> set:
+    """The flags in the first column of README.md's table of timm flags left out (after '**timm's flags.**')."""
+    text = (REPO / 'README.md').read_text()
+    table = text[text.index("**timm's flags.**"):]
+    table = table[:table.index('\n\n', table.index('| flags |'))]
+    rows = [line.split('|')[1] for line in table.split('| flags |', 1)[1].splitlines()[2:]]
+    return {flag for first_cell in rows for flag in re.findall(r'`(--[\w-]+)`', first_cell)}
+
+
+def test_the_data_is_timms_list():
+    flags = timm_flags()
+    assert set(flags) == {'train.py', 'validate.py'}
+    assert len(flags['train.py']) > 150 and len(flags['validate.py']) > 50
+    assert ['-b', '--batch-size'] in flags['train.py'] and ['--pretrained-path'] in flags['train.py']
+
+
+@pytest.mark.parametrize('script', list(SCRIPTS))
+def test_every_timm_flag_is_here_or_left_out_with_a_reason(script):
+    ours = {}
+    for action in SCRIPTS[script].build_parser()._actions:
+        for option in action.option_strings:
+            ours[option] = action.dest
+    excused = left_out()
+    missing = [names[0] for names in timm_flags()[script] if not any(n in ours or n in excused for n in names)]
+    assert not missing, f'{script} lacks these timm flags, and README.md does not list them: {missing}'
+    for names in timm_flags()[script]:
+        present = [n for n in names if n in ours]
+        if present:
+            # The same argument as in timm: every spelling timm accepts, one destination, timm's name for it.
+            assert present == names, f'{script}: timm accepts {names}, here only {present}'
+            assert len({ours[n] for n in names}) == 1
+            long_name = next((n for n in names if n.startswith('--')), names[0])
+            assert ours[long_name] == long_name.lstrip('-').replace('-', '_') or long_name == '--dr'
+
+
+def test_left_out_flags_really_are_absent():
+    """The README's list stays honest: nothing in it exists in our parsers."""
+    ours = {o for module in SCRIPTS.values() for a in module.build_parser()._actions for o in a.option_strings}
+    assert not left_out() & ours
