@@ -84,11 +84,20 @@ def split_location(root: str, split: str) -> tuple:
     return root, split
 
 
-def check_class_count(split_dir: str, num_classes: int, flag_hint: str) -> None:
-    folders = len(class_folders(split_dir))
-    if folders > num_classes:
-        raise UsageError(f'{split_dir} has {folders} class folders, the model {num_classes} classes ({flag_hint}). '
-                         'Evaluate data of the classes it was trained on, or pass the matching checkpoint.')
+def resolve_num_classes(args, root: str, split: str, from_checkpoint: bool) -> None:
+    """The class count: given, else the class names', else the folders' (not for --pretrained: its own).
+    Without class names to match folders by, more folders than classes is an error."""
+    if args.num_classes is None and args.class_names:
+        args.num_classes = len(args.class_names)
+    if args.dataset or (args.num_classes is None and args.pretrained):
+        return
+    folders = len(class_folders(find_split(root, split, '--split')))
+    if args.num_classes is None:
+        args.num_classes = folders
+    elif folders > args.num_classes and not args.class_names:
+        source = 'from the checkpoint' if from_checkpoint else '--num-classes'
+        raise UsageError(f'{os.path.join(root, split)} has {folders} class folders, the model {args.num_classes} '
+                         f'classes ({source}). Evaluate data of the classes it was trained on.')
 
 
 def model_weights_given(args) -> None:
@@ -113,7 +122,6 @@ def main(argv=None):
     parser = build_parser()
     args = parse_args(parser, argv)
     args.data, args.class_names = data_root(args), None
-    model_weights_given(args)
     saved = run_info.read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
     run_info.fill_from_checkpoint(args, saved, given_flags(parser, argv), args.checkpoint)
     args.model = args.model or 'van_b0'
@@ -126,14 +134,8 @@ def main(argv=None):
     if args.fast_norm:
         set_fast_norm()
     root, split = split_location(args.data, args.split) if not args.dataset else (args.data, args.split)
-    if args.num_classes is None and args.class_names:
-        args.num_classes = len(args.class_names)
-    if args.num_classes is None and not args.dataset and not args.pretrained:
-        args.num_classes = len(class_folders(find_split(root, split, '--split')))
-    elif args.num_classes is not None and not args.class_names and not args.dataset:
-        check_class_count(find_split(root, split, '--split'), args.num_classes,
-                          'from the checkpoint' if 'num_classes' in saved else '--num-classes')
-
+    resolve_num_classes(args, root, split, from_checkpoint='num_classes' in saved)
+    model_weights_given(args)  # after the data checks: a wrong ROOT is the first thing to say
     model = run_info.rebuild_model(args)
     if args.reparam:
         model = reparameterize_model(model)
