@@ -192,8 +192,8 @@ def build_loaders(args, data_config, device):
         dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
         collate_fn=collate_mixup, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
         scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, no_aug=args.no_aug, train_crop_mode=args.train_crop_mode, num_aug_repeats=args.aug_repeats,
-        color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
+        auto_augment=args.aa, no_aug=args.no_aug, train_crop_mode=args.train_crop_mode,
+        num_aug_repeats=args.aug_repeats, color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
         gaussian_blur_prob=args.gaussian_blur_prob, worker_seeding=args.worker_seeding,
         interpolation=(not args.no_aug and args.train_interpolation) or data_config['interpolation'], **common)
     loader_train.mixup_fn = Mixup(**mixup_args) if mixup_active and args.no_prefetcher else None
@@ -443,6 +443,7 @@ def main(argv=None):
     if utils.is_primary(args):
         _logger.info(f'Training epochs {start_epoch}..{num_epochs - 1}, {updates_per_epoch} updates each; '
                      f'output in {output_dir}.')
+        run_checks.warn_if_nothing_left(start_epoch, num_epochs)
         run_checks.warn_if_warmup_fills_run(args.warmup_epochs, start_epoch, num_epochs, args.warmup_lr, args.lr)
 
     summary_csv = os.path.join(output_dir, 'summary.csv') if output_dir else ''

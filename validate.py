@@ -151,7 +151,8 @@ def main(argv=None):
 
     class_to_idx = {name: i for i, name in enumerate(args.class_names)} if args.class_names else None
     dataset = build_dataset(args.dataset, root, split, '--split', is_training=False, class_to_idx=class_to_idx,
-                            skip_bad_images=args.skip_bad_images, input_img_mode=run_info.input_img_mode(args, data_config),
+                            skip_bad_images=args.skip_bad_images,
+                            input_img_mode=run_info.input_img_mode(args, data_config),
                             **named_dataset_kwargs(args, args.num_samples))
     loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
                            is_training=False, use_prefetcher=not args.no_prefetcher, device=device,

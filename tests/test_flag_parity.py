@@ -70,3 +70,17 @@ def test_left_out_flags_really_are_absent():
     """The README's list stays honest: nothing in it exists in our parsers."""
     ours = {o for module in SCRIPTS.values() for a in module.build_parser()._actions for o in a.option_strings}
     assert not left_out() & ours
+
+
+def test_timm_flags_from_the_issue_work_in_a_run(tmp_path):
+    """The flags issue #15 found missing, in one short run: each reaches the part of timm that it sets."""
+    from scripts import TINY_RUN, load, make_tiny_dataset
+    data = make_tiny_dataset(tmp_path / 'data')
+    train.main([str(a) for a in [*TINY_RUN, '--data-dir', data, '--epochs', '1', '--no-aug', '--bce-loss', '--gp', 'max',
+                                 '--in-chans', '3', '--input-img-mode', 'RGB', '--opt-kwargs', 'foreach=False',
+                                 '--recovery-interval', '2', '--output', tmp_path, '--experiment', 'run']])
+    run = tmp_path / 'run'
+    assert (run / 'recovery-0-1.pth.tar').exists()  # after update 2 of epoch 0
+    args = load(run / 'last.pth.tar')['args']
+    assert (args.gp, args.no_aug, args.bce_loss, args.opt_kwargs, args.data) == ('max', True, True, {'foreach': False},
+                                                                                 str(data))

@@ -69,8 +69,8 @@ def test_config_mistakes(tmp_path, text, expected):
 
 
 def test_grayscale_input_size_trains_and_validates(data, tmp_path, capsys):
-    train.main([str(a) for a in [data, *TINY_RUN, '--epochs', '1', '--input-size', '1', '32', '32', '--output', tmp_path,
-                                 '--experiment', 'gray']])
+    train.main([str(a) for a in [data, *TINY_RUN, '--epochs', '1', '--input-size', '1', '32', '32',
+                                 '--output', tmp_path, '--experiment', 'gray']])
     results = tmp_path / 'gray.json'
     validate.main([str(a) for a in [data, '--checkpoint', tmp_path / 'gray' / 'last.pth.tar', *VALIDATE,
                                     '--results-file', results]])

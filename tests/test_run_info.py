@@ -76,6 +76,8 @@ def test_resume_restores_the_settings_and_names_what_the_command_line_changed(da
     assert 'Training epochs 1..1, 3 updates each' in log  # batch 8 of 24 images, not the default 128
     args = load(checkpoint)['args']
     assert (args.img_size, args.batch_size, args.epochs) == (48, 8, 2)
+    log = main_output(train.main, [data, '--device', 'cpu', '--workers', '0', '--resume', checkpoint], capsys)
+    assert 'Nothing to train: the run has finished its 2 epochs. Pass --epochs N (more than 2)' in log
 
 
 def test_command_line_overrides_are_reported(caplog):

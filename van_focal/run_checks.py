@@ -26,3 +26,12 @@ def warn_if_warmup_fills_run(warmup_epochs: float, start_epoch: int, num_epochs:
                     f'is in warmup, the lr rising from --warmup-lr {warmup_lr:g} without reaching --lr {lr:g}. '
                     'For a short run or fine-tune, lower --warmup-epochs (0 for none).')
     return True
+
+
+def warn_if_nothing_left(start_epoch: int, num_epochs: int) -> bool:
+    """Warn when a resumed run has already trained all its epochs; True if it warned."""
+    if start_epoch < num_epochs:
+        return False
+    _logger.warning(f'Nothing to train: the run has finished its {num_epochs} epochs. '
+                    f'Pass --epochs N (more than {num_epochs}) to train it further.')
+    return True

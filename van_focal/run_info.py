@@ -90,7 +90,7 @@ def fill_from_checkpoint(args: argparse.Namespace, saved: Dict[str, Any], given:
 
 
 def rebuild_model(args: argparse.Namespace) -> nn.Module:
-    """The model `args` describe (after `fill_from_checkpoint`), with the weights of `--checkpoint` or `--pretrained`."""
+    """The model `args` describe (after `fill_from_checkpoint`), with `--checkpoint`'s or `--pretrained` weights."""
     in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
     with checkpoint_loading(args.model, args.model):
         model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
