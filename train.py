@@ -183,9 +183,8 @@ def build_loaders(args, data_config, device):
                                   batch_size=args.batch_size, seed=args.seed, input_img_mode=args.input_img_mode,
                                   **named_dataset_kwargs(args, args.train_num_samples))
     mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                      prob=args.mixup_prob,
-                      switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
-                      num_classes=args.num_classes)
+                      prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                      label_smoothing=args.smoothing, num_classes=args.num_classes)
     mixup_active = not args.no_aug and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None)
     collate_mixup = FastCollateMixup(**mixup_args) if mixup_active and not args.no_prefetcher else None
     loader_train = create_loader(
