@@ -423,19 +423,19 @@ class FocalTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, use_conv_embed, is_stem=True)
         dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
-        self.layers = nn.Sequential()
+        self.stages = nn.Sequential()
         self.feature_info = []
         for i in range(num_stages):
             # As the official code: a stage whose map (at img_size) fits in one window uses the
             # map's size as window and no expansion; this fixes the stage's parameter shapes.
             resolution = min(img_size) // patch_size // 2 ** i
             ws, expand = (resolution, 0) if resolution <= window_size else (window_size, expand_sizes[i])
-            self.layers.append(FocalStage(
+            self.stages.append(FocalStage(
                 dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, use_conv_embed=use_conv_embed,
                 num_heads=num_heads[i], ws=ws, expand=expand, focal_window=focal_windows[i], fast=fast,
                 topk=focal_topk, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, drop_path=dpr[i]))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}'))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt='NHWC')
@@ -450,16 +450,16 @@ class FocalTransformer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
             stem=r'^patch_embed',
-            blocks=r'^layers\.(\d+)' if coarse else [
-                (r'^layers\.(\d+)\.downsample', (0,)),
-                (r'^layers\.(\d+)\.blocks\.(\d+)', None),
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
                 (r'^norm', (99999,)),
             ],
         )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        for stage in self.layers:
+        for stage in self.stages:
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -482,10 +482,10 @@ class FocalTransformer(nn.Module):
         """Forward features that returns each stage's output map (NCHW)."""
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
         x = self.patch_embed(x)
-        last_idx = len(self.layers) - 1
-        stages = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[:max_index + 1]
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         for feat_idx, stage in enumerate(stages):
             x = stage(x)
             if feat_idx in take_indices:
@@ -497,8 +497,8 @@ class FocalTransformer(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
         if prune_norm or max_index < len(self.feature_info) - 1:
             self.norm = nn.Identity()
         if max_index < len(self.feature_info) - 1:
@@ -510,7 +510,7 @@ class FocalTransformer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.layers(self.patch_embed(x)))
+        return self.norm(self.stages(self.patch_embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)

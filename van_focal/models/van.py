@@ -4,11 +4,11 @@ Paper: `Visual Attention Network` - https://arxiv.org/abs/2202.09741
 Official code and weights: https://github.com/Visual-Attention-Network/VAN-Classification
 
 Laid out as timm's convnets (`stages.N.{downsample,blocks,norm}`, `head.fc`); the official
-checkpoint keys (`patch_embed1`, `block1`, `norm1`, `head`) are mapped by `checkpoint_filter_fn`,
-which also runs on every `load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
+checkpoint keys (`patch_embed1`, `block1`, `norm1`, `head`), and those of the HF transformers and
+OpenMMLab releases, are mapped by `checkpoint_filter_fn` (see `van_layouts`), which also runs on every
+`load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
 """
 import copy
-import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -21,6 +21,7 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from .van_layouts import to_timm_layout
 
 __all__ = ['VAN']
 
@@ -341,25 +342,10 @@ def _init_weights(m: nn.Module):
             nn.init.zeros_(m.bias)
 
 
-_OFFICIAL_KEY_RULES = (
-    (re.compile(r'^patch_embed(\d)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.downsample.'),
-    (re.compile(r'^block(\d)\.(\d+)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.'),
-    (re.compile(r'^norm(\d)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.norm.'),
-    (re.compile(r'^head\.(weight|bias)$'), lambda m: f'head.fc.{m.group(1)}'),
-    (re.compile(r'\.mlp\.dwconv\.dwconv\.'), lambda m: '.mlp.dwconv.'),
-)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """Map an official VAN checkpoint (or its `state_dict` entry) to this layout; timm-layout dicts pass as they are."""
-    state_dict = unwrap_state_dict(state_dict)
-    out = {}
-    for k, v in state_dict.items():
-        k = k[len('module.'):] if k.startswith('module.') else k
-        for pattern, repl in _OFFICIAL_KEY_RULES:
-            k = pattern.sub(repl, k)
-        out[k] = v
-    return out
+    """Map a VAN checkpoint in any published layout (official, HF transformers, OpenMMLab; see
+    `van_layouts`), or its `state_dict` entry, to this layout; timm-layout dicts pass as they are."""
+    return to_timm_layout(unwrap_state_dict(state_dict))
 
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
