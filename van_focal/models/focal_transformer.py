@@ -12,7 +12,7 @@ relative-position biases and masks are one additive mask for `scaled_dot_product
 The input size only has to be known at run time; the structure (window size per stage, which
 stages expand their windows) follows the official rules for `img_size` (default 224).
 
-Official checkpoint keys map as `layers.i.downsample -> layers.(i+1).downsample`,
+Official checkpoint keys map as `layers.i.downsample -> stages.(i+1).downsample`, `layers.i -> stages.i`,
 `head -> head.fc`; the index buffers the official code stores are dropped and recomputed.
 """
 import logging
@@ -32,6 +32,7 @@ from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
 
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from .focal_resize import fit_to_windows
 
 __all__ = ['FocalTransformer']
 
@@ -535,7 +536,8 @@ _OFFICIAL_BUFFERS = re.compile(
 
 
 def _official_key(key: str) -> str:
-    key = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'layers.{int(m.group(1)) + 1}.downsample.', key)
+    key = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.', key)
+    key = re.sub(r'^layers\.', 'stages.', key)
     key = re.sub(r'^head\.(weight|bias)$', r'head.fc.\1', key)
     return re.sub(r'\.pool_layers\.0\.', '.attn.pool.fc.', key)
 
@@ -547,11 +549,16 @@ def _warn_if_topk_differs(state_dict: Dict[str, Any], model: nn.Module) -> None:
     differing = total = 0
     for key, stored in state_dict.items():
         found = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.attn\.topk_cloest_indice_0$', key)
-        if not found or not hasattr(model, 'layers'):
+        if not found or not hasattr(model, 'stages') or int(found.group(1)) >= len(model.stages):
             continue
-        attn = model.layers[int(found.group(1))].blocks[int(found.group(2))].attn
+        attn = model.stages[int(found.group(1))].blocks[int(found.group(2))].attn
+        pool = state_dict.get(key.replace('attn.topk_cloest_indice_0', 'pool_layers.0.weight'))
+        if not hasattr(attn, 'topk') or pool is None or pool.shape[-1] != attn.ws * attn.ws:
+            continue  # another window size: the stored choice is not comparable
         side = math.isqrt(stored.shape[0]) * attn.ws
         ours = focal_v2_tables(side, side, attn.ws, attn.topk, torch.device('cpu'))[0][:, :stored.shape[1]]
+        if ours.shape != stored.shape:
+            continue
         same = (ours.sort(1).values == stored.long().sort(1).values).all(1)
         differing, total = differing + int((~same).sum()), total + same.numel()
     if differing:
@@ -562,12 +569,16 @@ def _warn_if_topk_differs(state_dict: Dict[str, Any], model: nn.Module) -> None:
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
     """Map an official checkpoint (or its `model` entry) to this layout, dropping the official
-    index buffers (recomputed here); timm-layout dicts pass as they are."""
+    index buffers (recomputed here), and fit relative-position tables to the model's window sizes
+    (`focal_resize`); timm-layout dicts of the built size pass as they are. Keys `layers.N.` of
+    this package's checkpoints from before the stage container was named `stages` are renamed."""
     state_dict = unwrap_state_dict(state_dict)
-    if not any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
-        return state_dict
-    _warn_if_topk_differs(state_dict, model)
-    return {_official_key(k): v for k, v in state_dict.items() if not _OFFICIAL_BUFFERS.search(k)}
+    if any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
+        _warn_if_topk_differs(state_dict, model)
+        state_dict = {_official_key(k): v for k, v in state_dict.items() if not _OFFICIAL_BUFFERS.search(k)}
+    elif any(k.startswith('layers.') for k in state_dict):
+        state_dict = {re.sub(r'^layers\.', 'stages.', k): v for k, v in state_dict.items()}
+    return fit_to_windows(state_dict, model)
 
 
 def _create_focal(variant: str, pretrained: bool = False, **kwargs) -> FocalTransformer:
