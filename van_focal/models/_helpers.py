@@ -13,7 +13,7 @@ from ..checkpoint import CheckpointError, checkpoint_loading, weights_source
 # Published addresses known to serve nothing any more, with where that is reported.
 GONE = {
     'https://projects4jw.blob.core.windows.net/model/focal-transformer/':
-        'the official Focal Transformer address no longer serves its files (microsoft/Focal-Transformer issues #8, #20)',
+        'the address is gone, it no longer serves the files (microsoft/Focal-Transformer issues #8, #20)',
 }
 
 # Keys under which the official repos and timm's train.py keep the weights, in order of preference.
@@ -67,10 +67,8 @@ def _download_error(cfg: Dict[str, Any], variant: str, why: str) -> CheckpointEr
         filename = os.path.basename(str(cfg.get('url', ''))) or 'the weights file'
         address = str(cfg.get('url'))
     return CheckpointError(
-        f"{variant}: cannot download its pretrained weights {filename} from {address}: {why}. Get the file some other "
-        f"way and load the local copy: timm.create_model('{variant}', pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='PATH/{filename}')) (train.py / validate.py: --initial-checkpoint / "
-        f"--checkpoint PATH).")
+        f"{variant}: cannot download its pretrained weights {filename} from {address}: {why}. Load a local copy "
+        f"with pretrained_cfg_overlay=dict(file='PATH/{filename}') (scripts: --initial-checkpoint / --checkpoint PATH).")
 
 
 def build_model(model_cls, variant: str, pretrained: bool, **kwargs) -> nn.Module:
