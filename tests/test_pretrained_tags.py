@@ -1,4 +1,8 @@
 """A pretrained tag for every published weight, and one clear line when its address cannot serve it."""
+import functools
+import http.server
+import threading
+
 import pytest
 import timm
 
@@ -105,6 +109,21 @@ def test_url_download_unreachable(offline_hub):  # noqa: F811
     with pytest.raises(CheckpointError) as error:
         timm.create_model('van_b4.mmcls_in1k', pretrained=True, **TINY_VAN, pretrained_cfg_overlay=dict(url=address))
     assert_one_line(error, 'van-b4_3rdparty_in1k_20220909-f4665b92.pth', address, 'unreachable')
+
+
+def test_url_answering_404_says_gone(offline_hub, tmp_path):  # noqa: F811
+    """An address that answers but no longer holds the file (a web server on this machine, empty folder)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f'http://127.0.0.1:{server.server_port}/van-b4_3rdparty_in21k_20220909-db926b18.pth'
+    try:
+        with pytest.raises(CheckpointError) as error:
+            timm.create_model('van_b4.in22k', pretrained=True, **TINY_VAN, pretrained_cfg_overlay=dict(url=address))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_line(error, 'van-b4_3rdparty_in21k_20220909-db926b18.pth', address, 'gone (HTTP 404)')
 
 
 def test_scripts_show_one_error_line(tmp_path):

@@ -46,14 +46,16 @@ def _unreachable(error: BaseException) -> Optional[str]:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         name = type(error).__name__
-        if isinstance(error, urllib.error.HTTPError) or name in ('RemoteEntryNotFoundError', 'RepositoryNotFoundError',
-                                                                  'RevisionNotFoundError', 'EntryNotFoundError'):
-            code = getattr(error, 'code', None) or getattr(getattr(error, 'response', None), 'status_code', None)
-            return f'the address is gone (HTTP {code})' if code else 'the address does not hold the file'
-        if name == 'LocalEntryNotFoundError' or (name == 'OfflineModeIsEnabled'):
+        if name in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled'):
             return 'it is not in the local hub cache and the hub is unreachable (offline, HF_HUB_OFFLINE=1 or no network)'
+        if isinstance(error, urllib.error.HTTPError) or name in (
+                'RemoteEntryNotFoundError', 'RepositoryNotFoundError', 'RevisionNotFoundError', 'EntryNotFoundError',
+                'GatedRepoError', 'HfHubHTTPError'):
+            code = getattr(error, 'code', None) or getattr(getattr(error, 'response', None), 'status_code', None)
+            gone = code in (404, 410) or 'NotFound' in name
+            return f"the address {'is gone' if gone else 'refused it'}{f' (HTTP {code})' if code else ''}"
         if isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, socket.gaierror)) \
-                or name in ('ConnectError', 'ConnectTimeout', 'HfHubHTTPError'):
+                or name in ('ConnectError', 'ConnectTimeout'):
             return 'the address is unreachable (no network?)'
         error = error.__cause__ or error.__context__
     return None

@@ -377,10 +377,13 @@ def _official(size: str, filename: str, top1: str) -> Dict[str, Any]:
 
 
 def _hf_transformers(size: str, top1: str) -> Dict[str, Any]:
-    """transformers' conversion of the official weights (`VanForImageClassification` layout)."""
-    return _cfg(top1, 'official, converted by HF transformers', hf_hub_id=f'Visual-Attention-Network/van-{size}',
-                hf_hub_filename='pytorch_model.bin',
-                origin_url='https://huggingface.co/Visual-Attention-Network')
+    """transformers' conversion of the official weights (`VanForImageClassification` layout). Its hub
+    processor config was copied from ConvNeXt's (ImageNet mean/std, crop 0.875); the weights were
+    trained and evaluated with the official preprocessing, which these tags keep."""
+    cfg = _cfg(top1, 'official, converted by HF transformers', hf_hub_id=f'Visual-Attention-Network/van-{size}',
+               hf_hub_filename='pytorch_model.bin', origin_url='https://huggingface.co/Visual-Attention-Network')
+    cfg['notes'] += ("the hub repo's preprocessor_config.json (ConvNeXt's) differs from the training preprocessing",)
+    return cfg
 
 
 _MMCLS = 'https://download.openmmlab.com/mmclassification/v0/van/'
