@@ -80,3 +80,14 @@ def test_openmmlab_tag_downloads_from_its_url(offline_hub, tmp_path):  # noqa: F
                               pretrained_cfg_overlay=dict(num_classes=kwargs['num_classes'])).eval()
     with torch.no_grad():
         assert relative_error(model(x), logits) <= TOLERANCE['van_mmpretrain_cfg']
+
+
+def test_focal_checkpoints_from_before_the_stages_rename():
+    """This package's own Focal checkpoints once named the stage container `layers`: they still load."""
+    kwargs = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+    model = timm.create_model('focal_tiny_patch4_window7_224', **kwargs)
+    old = {k.replace('stages.', 'layers.', 1) if k.startswith('stages.') else k: v for k, v in model.state_dict().items()}
+    assert any(k.startswith('layers.1.downsample.') for k in old)
+    fresh = timm.create_model('focal_tiny_patch4_window7_224', **kwargs)
+    fresh.load_state_dict(old, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
