@@ -7,6 +7,7 @@ import torch
 import van_focal  # noqa: F401
 from conftest import golden, relative_error
 from offline_hub import add_repo, offline_hub  # noqa: F401  (fixture)
+from van_focal.checkpoint import allow_training_configs
 from van_focal.models.van_layouts import detect_layout
 
 LAYOUTS = {'van_hf_cfg': 'hf_transformers', 'van_mmpretrain_cfg': 'openmmlab', 'van_tiny_cfg': 'official'}
@@ -19,6 +20,7 @@ def small(kwargs):
 
 
 def raw_state_dict(path):
+    allow_training_configs()  # again: timm's own loading removes argparse.Namespace when it is done
     checkpoint = torch.load(path, weights_only=True)
     return checkpoint.get('state_dict', checkpoint)
 
