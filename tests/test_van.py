@@ -18,13 +18,13 @@ GOLDEN = 'van_tiny_cfg'
 
 def test_registry_lists_seven():
     assert timm.list_models('van_*') == sorted(VAN_PARAMS)
-    assert timm.list_models('van_*', pretrained=True) == [f'van_b{i}.in1k' for i in range(4)]
+    assert {m.split('.')[0] for m in timm.list_models('van_*', pretrained=True)} == set(VAN_PARAMS)
 
 
 @pytest.mark.parametrize('name', sorted(VAN_PARAMS))
 def test_parameter_count(name):
     with torch.device('meta'):
-        model = timm.create_model(name)
+        model = timm.create_model(name, num_classes=1000)
     assert sum(p.numel() for p in model.parameters()) == VAN_PARAMS[name]
 
 

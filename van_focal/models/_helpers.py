@@ -1,10 +1,20 @@
 """Checkpoint plumbing shared by the model families."""
-from typing import Any, Callable, Dict
+import os
+import socket
+import urllib.error
+from typing import Any, Callable, Dict, Optional
 
 import torch.nn as nn
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
+from timm.models._hub import check_cached_file
 
-from ..checkpoint import checkpoint_loading, weights_source
+from ..checkpoint import CheckpointError, checkpoint_loading, weights_source
+
+# Published addresses known to serve nothing any more, with where that is reported.
+GONE = {
+    'https://projects4jw.blob.core.windows.net/model/focal-transformer/':
+        'the address is gone, it no longer serves the files (microsoft/Focal-Transformer issues #8, #20)',
+}
 
 # Keys under which the official repos and timm's train.py keep the weights, in order of preference.
 _STATE_DICT_KEYS = ('state_dict', 'model')
@@ -30,11 +40,56 @@ def remap_keys_on_load(model: nn.Module, filter_fn: Callable[[Dict[str, Any], nn
     model.register_load_state_dict_pre_hook(hook)
 
 
+def _unreachable(error: BaseException) -> Optional[str]:
+    """Why a download failed, if it failed for want of a network or of the file at its address."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        name = type(error).__name__
+        if name in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled'):
+            return 'it is not in the local hub cache and the hub is unreachable (offline, HF_HUB_OFFLINE=1 or no network)'
+        if isinstance(error, urllib.error.HTTPError) or name in (
+                'RemoteEntryNotFoundError', 'RepositoryNotFoundError', 'RevisionNotFoundError', 'EntryNotFoundError',
+                'GatedRepoError', 'HfHubHTTPError'):
+            code = getattr(error, 'code', None) or getattr(getattr(error, 'response', None), 'status_code', None)
+            gone = code in (404, 410) or 'NotFound' in name
+            return f"the address {'is gone' if gone else 'refused it'}{f' (HTTP {code})' if code else ''}"
+        if isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, socket.gaierror)) \
+                or name in ('ConnectError', 'ConnectTimeout'):
+            return 'the address is unreachable (no network?)'
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _download_error(cfg: Dict[str, Any], variant: str, why: str) -> CheckpointError:
+    if cfg.get('hf_hub_id'):
+        filename = cfg.get('hf_hub_filename') or 'pytorch_model.bin'
+        address = f"https://huggingface.co/{cfg['hf_hub_id']}"
+    else:
+        filename = os.path.basename(str(cfg.get('url', ''))) or 'the weights file'
+        address = str(cfg.get('url'))
+    return CheckpointError(
+        f"{variant}: cannot download its pretrained weights {filename} from {address}: {why}. Load a local copy "
+        f"with pretrained_cfg_overlay=dict(file='PATH/{filename}') (scripts: --initial-checkpoint / --checkpoint PATH).")
+
+
 def build_model(model_cls, variant: str, pretrained: bool, **kwargs) -> nn.Module:
-    """`build_model_with_cfg`, with pretrained-weight failures reported as one CheckpointError naming the file."""
+    """`build_model_with_cfg`, with pretrained-weight failures reported as one CheckpointError naming the file;
+    a download from an unreachable or gone address says so, and how to load a local copy, without retrying."""
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
-    with checkpoint_loading(weights_source(cfg.to_dict()), variant):
-        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    cfg = cfg.to_dict()
+    if not cfg.get('file') and not cfg.get('state_dict'):
+        gone = next((why for prefix, why in GONE.items() if str(cfg.get('url') or '').startswith(prefix)), None)
+        if gone and not cfg.get('hf_hub_id') and not check_cached_file(cfg['url'], check_hash=False):
+            raise _download_error(cfg, variant, gone)
+    with checkpoint_loading(weights_source(cfg), variant):
+        try:
+            return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+        except Exception as e:
+            why = None if cfg.get('file') else _unreachable(e)
+            if why is None:
+                raise
+            raise _download_error(cfg, variant, why) from None

@@ -12,7 +12,7 @@ relative-position biases and masks are one additive mask for `scaled_dot_product
 The input size only has to be known at run time; the structure (window size per stage, which
 stages expand their windows) follows the official rules for `img_size` (default 224).
 
-Official checkpoint keys map as `layers.i.downsample -> layers.(i+1).downsample`,
+Official checkpoint keys map as `layers.i.downsample -> stages.(i+1).downsample`, `layers.i -> stages.i`,
 `head -> head.fc`; the index buffers the official code stores are dropped and recomputed.
 """
 import logging
@@ -32,6 +32,7 @@ from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
 
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from .focal_resize import fit_to_windows
 
 __all__ = ['FocalTransformer']
 
@@ -423,19 +424,19 @@ class FocalTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, use_conv_embed, is_stem=True)
         dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
-        self.layers = nn.Sequential()
+        self.stages = nn.Sequential()
         self.feature_info = []
         for i in range(num_stages):
             # As the official code: a stage whose map (at img_size) fits in one window uses the
             # map's size as window and no expansion; this fixes the stage's parameter shapes.
             resolution = min(img_size) // patch_size // 2 ** i
             ws, expand = (resolution, 0) if resolution <= window_size else (window_size, expand_sizes[i])
-            self.layers.append(FocalStage(
+            self.stages.append(FocalStage(
                 dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, use_conv_embed=use_conv_embed,
                 num_heads=num_heads[i], ws=ws, expand=expand, focal_window=focal_windows[i], fast=fast,
                 topk=focal_topk, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, drop_path=dpr[i]))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}'))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt='NHWC')
@@ -450,16 +451,16 @@ class FocalTransformer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
             stem=r'^patch_embed',
-            blocks=r'^layers\.(\d+)' if coarse else [
-                (r'^layers\.(\d+)\.downsample', (0,)),
-                (r'^layers\.(\d+)\.blocks\.(\d+)', None),
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
                 (r'^norm', (99999,)),
             ],
         )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        for stage in self.layers:
+        for stage in self.stages:
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -482,10 +483,10 @@ class FocalTransformer(nn.Module):
         """Forward features that returns each stage's output map (NCHW)."""
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
         x = self.patch_embed(x)
-        last_idx = len(self.layers) - 1
-        stages = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[:max_index + 1]
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         for feat_idx, stage in enumerate(stages):
             x = stage(x)
             if feat_idx in take_indices:
@@ -497,8 +498,8 @@ class FocalTransformer(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
         if prune_norm or max_index < len(self.feature_info) - 1:
             self.norm = nn.Identity()
         if max_index < len(self.feature_info) - 1:
@@ -510,7 +511,7 @@ class FocalTransformer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.layers(self.patch_embed(x)))
+        return self.norm(self.stages(self.patch_embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
@@ -535,7 +536,8 @@ _OFFICIAL_BUFFERS = re.compile(
 
 
 def _official_key(key: str) -> str:
-    key = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'layers.{int(m.group(1)) + 1}.downsample.', key)
+    key = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.', key)
+    key = re.sub(r'^layers\.', 'stages.', key)
     key = re.sub(r'^head\.(weight|bias)$', r'head.fc.\1', key)
     return re.sub(r'\.pool_layers\.0\.', '.attn.pool.fc.', key)
 
@@ -547,11 +549,16 @@ def _warn_if_topk_differs(state_dict: Dict[str, Any], model: nn.Module) -> None:
     differing = total = 0
     for key, stored in state_dict.items():
         found = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.attn\.topk_cloest_indice_0$', key)
-        if not found or not hasattr(model, 'layers'):
+        if not found or not hasattr(model, 'stages') or int(found.group(1)) >= len(model.stages):
             continue
-        attn = model.layers[int(found.group(1))].blocks[int(found.group(2))].attn
+        attn = model.stages[int(found.group(1))].blocks[int(found.group(2))].attn
+        pool = state_dict.get(key.replace('attn.topk_cloest_indice_0', 'pool_layers.0.weight'))
+        if not hasattr(attn, 'topk') or pool is None or pool.shape[-1] != attn.ws * attn.ws:
+            continue  # another window size: the stored choice is not comparable
         side = math.isqrt(stored.shape[0]) * attn.ws
         ours = focal_v2_tables(side, side, attn.ws, attn.topk, torch.device('cpu'))[0][:, :stored.shape[1]]
+        if ours.shape != stored.shape:
+            continue
         same = (ours.sort(1).values == stored.long().sort(1).values).all(1)
         differing, total = differing + int((~same).sum()), total + same.numel()
     if differing:
@@ -562,12 +569,16 @@ def _warn_if_topk_differs(state_dict: Dict[str, Any], model: nn.Module) -> None:
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
     """Map an official checkpoint (or its `model` entry) to this layout, dropping the official
-    index buffers (recomputed here); timm-layout dicts pass as they are."""
+    index buffers (recomputed here), and fit relative-position tables to the model's window sizes
+    (`focal_resize`); timm-layout dicts of the built size pass as they are. Keys `layers.N.` of
+    this package's checkpoints from before the stage container was named `stages` are renamed."""
     state_dict = unwrap_state_dict(state_dict)
-    if not any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
-        return state_dict
-    _warn_if_topk_differs(state_dict, model)
-    return {_official_key(k): v for k, v in state_dict.items() if not _OFFICIAL_BUFFERS.search(k)}
+    if any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
+        _warn_if_topk_differs(state_dict, model)
+        state_dict = {_official_key(k): v for k, v in state_dict.items() if not _OFFICIAL_BUFFERS.search(k)}
+    elif any(k.startswith('layers.') for k in state_dict):
+        state_dict = {re.sub(r'^layers\.', 'stages.', k): v for k, v in state_dict.items()}
+    return fit_to_windows(state_dict, model)
 
 
 def _create_focal(variant: str, pretrained: bool = False, **kwargs) -> FocalTransformer:

@@ -4,11 +4,11 @@ Paper: `Visual Attention Network` - https://arxiv.org/abs/2202.09741
 Official code and weights: https://github.com/Visual-Attention-Network/VAN-Classification
 
 Laid out as timm's convnets (`stages.N.{downsample,blocks,norm}`, `head.fc`); the official
-checkpoint keys (`patch_embed1`, `block1`, `norm1`, `head`) are mapped by `checkpoint_filter_fn`,
-which also runs on every `load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
+checkpoint keys (`patch_embed1`, `block1`, `norm1`, `head`), and those of the HF transformers and
+OpenMMLab releases, are mapped by `checkpoint_filter_fn` (see `van_layouts`), which also runs on every
+`load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
 """
 import copy
-import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -21,6 +21,7 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from .van_layouts import to_timm_layout
 
 __all__ = ['VAN']
 
@@ -341,25 +342,10 @@ def _init_weights(m: nn.Module):
             nn.init.zeros_(m.bias)
 
 
-_OFFICIAL_KEY_RULES = (
-    (re.compile(r'^patch_embed(\d)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.downsample.'),
-    (re.compile(r'^block(\d)\.(\d+)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.'),
-    (re.compile(r'^norm(\d)\.'), lambda m: f'stages.{int(m.group(1)) - 1}.norm.'),
-    (re.compile(r'^head\.(weight|bias)$'), lambda m: f'head.fc.{m.group(1)}'),
-    (re.compile(r'\.mlp\.dwconv\.dwconv\.'), lambda m: '.mlp.dwconv.'),
-)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """Map an official VAN checkpoint (or its `state_dict` entry) to this layout; timm-layout dicts pass as they are."""
-    state_dict = unwrap_state_dict(state_dict)
-    out = {}
-    for k, v in state_dict.items():
-        k = k[len('module.'):] if k.startswith('module.') else k
-        for pattern, repl in _OFFICIAL_KEY_RULES:
-            k = pattern.sub(repl, k)
-        out[k] = v
-    return out
+    """Map a VAN checkpoint in any published layout (official, HF transformers, OpenMMLab; see
+    `van_layouts`), or its `state_dict` entry, to this layout; timm-layout dicts pass as they are."""
+    return to_timm_layout(unwrap_state_dict(state_dict))
 
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
@@ -373,10 +359,8 @@ def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
         **kwargs)
 
 
-def _cfg(hub_repo: str = '', filename: str = '', **kwargs) -> Dict[str, Any]:
+def _cfg(top1: str = '', source: str = 'official', **kwargs) -> Dict[str, Any]:
     return {
-        'hf_hub_id': f'Visual-Attention-Network/{hub_repo}' if hub_repo else '',
-        'hf_hub_filename': filename,
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.9, 'interpolation': 'bicubic',
         'mean': VAN_MEAN, 'std': VAN_STD,
@@ -384,19 +368,60 @@ def _cfg(hub_repo: str = '', filename: str = '', **kwargs) -> Dict[str, Any]:
         'license': 'apache-2.0',
         'paper_ids': 'arXiv:2202.09741', 'paper_name': 'Visual Attention Network',
         'origin_url': 'https://github.com/Visual-Attention-Network/VAN-Classification',
+        'notes': (f'ImageNet-1k top-1 {top1} ({source})',) if top1 else (),
         **kwargs,
     }
 
 
+def _official(size: str, filename: str, top1: str) -> Dict[str, Any]:
+    """The authors' file (timm 0.4.12 layout), as the authors put it on the HF hub."""
+    return _cfg(top1, hf_hub_id=f'Visual-Attention-Network/VAN-{size}-original', hf_hub_filename=filename)
+
+
+def _hf_transformers(size: str, top1: str) -> Dict[str, Any]:
+    """transformers' conversion of the official weights (`VanForImageClassification` layout). Its hub
+    processor config was copied from ConvNeXt's (ImageNet mean/std, crop 0.875); the weights were
+    trained and evaluated with the official preprocessing, which these tags keep."""
+    cfg = _cfg(top1, 'official, converted by HF transformers', hf_hub_id=f'Visual-Attention-Network/van-{size}',
+               hf_hub_filename='pytorch_model.bin', origin_url='https://huggingface.co/Visual-Attention-Network')
+    cfg['notes'] += ("the hub repo's preprocessor_config.json (ConvNeXt's) differs from the training preprocessing",)
+    return cfg
+
+
+_MMCLS = 'https://download.openmmlab.com/mmclassification/v0/van/'
+
+
+def _openmmlab(filename: str, top1: str = '', **kwargs) -> Dict[str, Any]:
+    """OpenMMLab's conversion of the official weights (mmcls 0.x / mmpretrain layout). Their configs
+    evaluate with mean = std = 127.5 (as the official ones), resize 248, centre crop 224, bicubic."""
+    return _cfg(top1, 'OpenMMLab', url=_MMCLS + filename, crop_pct=224 / 248,
+                origin_url='https://github.com/open-mmlab/mmpretrain/tree/main/configs/van', **kwargs)
+
+
+def _in22k(filename: str) -> Dict[str, Any]:
+    """ImageNet-22K (21841 classes) pre-training, published (converted) by OpenMMLab only; no top-1."""
+    return _openmmlab(filename, num_classes=21841, notes=('ImageNet-22k pre-trained, 21841 classes (OpenMMLab)',))
+
+
 default_cfgs = generate_default_cfgs({
-    'van_b0.in1k': _cfg('VAN-Tiny-original', 'van_tiny_754.pth.tar', notes=('ImageNet-1k top-1 75.4 (official)',)),
-    'van_b1.in1k': _cfg('VAN-Small-original', 'van_small_811.pth.tar', notes=('ImageNet-1k top-1 81.1 (official)',)),
-    'van_b2.in1k': _cfg('VAN-Base-original', 'van_base_828.pth.tar', notes=('ImageNet-1k top-1 82.8 (official)',)),
-    'van_b3.in1k': _cfg('VAN-Large-original', 'van_large_839.pth.tar', notes=('ImageNet-1k top-1 83.9 (official)',)),
-    # The authors released no ImageNet weights for b4-b6.
-    'van_b4': _cfg(notes=('no official weights',)),
-    'van_b5': _cfg(notes=('no official weights',)),
-    'van_b6': _cfg(notes=('no official weights',)),
+    'van_b0.in1k': _official('Tiny', 'van_tiny_754.pth.tar', '75.4'),
+    'van_b1.in1k': _official('Small', 'van_small_811.pth.tar', '81.1'),
+    'van_b2.in1k': _official('Base', 'van_base_828.pth.tar', '82.8'),
+    'van_b3.in1k': _official('Large', 'van_large_839.pth.tar', '83.9'),
+    'van_b0.hf_in1k': _hf_transformers('tiny', '75.4'),
+    'van_b1.hf_in1k': _hf_transformers('small', '81.1'),
+    'van_b2.hf_in1k': _hf_transformers('base', '82.8'),
+    'van_b3.hf_in1k': _hf_transformers('large', '83.9'),
+    'van_b0.mmcls_in1k': _openmmlab('van-tiny_8xb128_in1k_20220501-385941af.pth', '75.41'),
+    'van_b1.mmcls_in1k': _openmmlab('van-small_8xb128_in1k_20220501-17bc91aa.pth', '81.01'),
+    'van_b2.mmcls_in1k': _openmmlab('van-base_8xb128_in1k_20220501-6a4cc31b.pth', '82.80'),
+    'van_b3.mmcls_in1k': _openmmlab('van-large_8xb128_in1k_20220501-f212ba21.pth', '83.86'),
+    'van_b4.mmcls_in1k': _openmmlab('van-b4_3rdparty_in1k_20220909-f4665b92.pth', '84.13'),
+    'van_b4.in22k': _in22k('van-b4_3rdparty_in21k_20220909-db926b18.pth'),
+    # b5 and b6 exist only as ImageNet-22k weights, which (as timm's other in22k-only models) are the
+    # default pretrained_cfg: build with num_classes=1000 for ImageNet-1k.
+    'van_b5.in22k': _in22k('van-b5_3rdparty_in21k_20220909-18e904e3.pth'),
+    'van_b6.in22k': _in22k('van-b6_3rdparty_in21k_20220909-96c2cb3a.pth'),
 })
 
 
