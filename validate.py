@@ -8,6 +8,7 @@ ROOT holds `--split` (default val/) of class folders, or is itself a folder of c
 Preprocessing (resize, crop_pct, mean/std, interpolation) comes from the model's pretrained_cfg
 unless a flag overrides it. Flag names follow timm's validate.py.
 """
+import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import csv
 import json
@@ -82,8 +83,7 @@ def main():
     utils.setup_default_logging()
     args = parse_args(build_parser())
     check_model_name(args.model)
-    device = torch.device(devices.resolve_device_name(args.device))
-    devices.set_fast_math(device)
+    device = devices.init_device(args)
     root, split = split_location(args.data, args.split) if not args.dataset else (args.data, args.split)
     if args.num_classes is None and not args.dataset and not args.pretrained:
         args.num_classes = len(class_folders(find_split(root, split, '--split')))
