@@ -5,13 +5,16 @@ switches, the compile backend, the fused attention kernel and synchronisation. T
 sees a `torch.device`. The NPU rules follow torch_npu 2.14.0's own sources (see the README, "Ascend NPU").
 """
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
+import subprocess
 import sys
 from contextlib import nullcontext
 from functools import lru_cache, partial
-from typing import Callable, ContextManager, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Tuple
 
 
 class DeviceError(RuntimeError):
@@ -252,6 +255,77 @@ def fused_attention_op(device: torch.device) -> Optional[Callable]:
     if device.type != 'npu':
         return None
     return _npu_fused_attention_op()
+
+
+# ---------------------------------------------------------------------------------------------
+# Description (for the doctor and bug reports)
+# ---------------------------------------------------------------------------------------------
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return 'not installed'
+
+
+def _nvidia_driver() -> str:
+    try:
+        out = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else 'not known'
+    except (OSError, subprocess.SubprocessError):
+        return 'not known'
+
+
+def describe(device: torch.device) -> Dict[str, str]:
+    """Versions, the device's name, count and memory, and its reduced-precision support, as text."""
+    info = {name: _package_version(name) for name in ('torch', 'torchvision', 'timm', 'torch-npu')}
+    info['python'] = sys.version.split()[0]
+    if device.type == 'cuda':
+        props = torch.cuda.get_device_properties(device)
+        info.update(cuda=str(torch.version.cuda), cudnn=str(torch.backends.cudnn.version()), driver=_nvidia_driver(),
+                    name=props.name, count=str(torch.cuda.device_count()), memory=f'{props.total_memory / 2 ** 30:.1f} GiB',
+                    fp16='yes', bf16='yes' if bf16_supported(device) else 'no',
+                    tf32=f"{'yes' if props.major >= 8 else 'no'} (matmul allow_tf32={torch.backends.cuda.matmul.allow_tf32})",
+                    hf32='n/a (Ascend only)')
+    elif device.type == 'npu':
+        npu_utils = _import_torch_npu().npu.utils
+        _, total = torch.npu.mem_get_info(device)
+        info.update(cann=npu_utils.get_cann_version('CANN'), driver=npu_utils.get_cann_version('DRIVER'),
+                    soc=str(npu_utils.get_soc_version()), name=torch.npu.get_device_name(device),
+                    count=str(torch.npu.device_count()), memory=f'{total / 2 ** 30:.1f} GiB',
+                    fp16='yes', bf16='yes' if bf16_supported(device) else 'no',
+                    overflow='inf/nan (A2/A3 class)' if npu_utils.is_support_inf_nan() else 'saturation (910 class)',
+                    hf32=f'matmul allow_hf32={torch.npu.matmul.allow_hf32}, conv allow_hf32={torch.npu.conv.allow_hf32}',
+                    tf32='n/a (CUDA only)')
+    else:
+        info.update(name=_cpu_name(), count='1', memory=_cpu_memory(),
+                    fp16='no (CPU autocast runs bfloat16)', bf16='yes', tf32='n/a', hf32='n/a',
+                    threads=str(torch.get_num_threads()))
+    if NPU_NOT_LOADED:
+        info['torch_npu'] = NPU_NOT_LOADED
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _cpu_memory() -> str:
+    try:
+        with open('/proc/meminfo') as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith('MemTotal:'))
+        return f'{kib / 2 ** 20:.1f} GiB'
+    except (OSError, StopIteration):
+        return 'not known'
+
+
+def device_count(device_type: str) -> int:
+    return getattr(torch, device_type).device_count() if device_type in ('cuda', 'npu') else 1
 
 
 # ---------------------------------------------------------------------------------------------
