@@ -38,7 +38,7 @@ SMALL = {
 # Relative error (max |device - reference| / max |reference|) allowed against the CPU float32 reference.
 # float32 on an accelerator runs its matmuls in TF32 / HF32 (device.set_fast_math): 10-bit mantissas.
 TOLERANCES = {('cpu', torch.float32): 1e-4, ('accelerator', torch.float32): 2e-2,
-              torch.float16: 5e-2, torch.bfloat16: 1e-1}
+              torch.float16: 5e-2, torch.bfloat16: 5e-2}
 
 
 @dataclass
