@@ -147,7 +147,7 @@ def _free_port() -> int:
 
 
 def _all_reduce_worker(rank: int, device_type: str, port: int, world_size: int) -> None:
-    device = torch.device(device_type, rank) if device_type != 'cpu' else torch.device('cpu')
+    device = torch.device(f'{devices.resolve_device_name(device_type)}:{rank}' if device_type != 'cpu' else 'cpu')
     if device_type != 'cpu':
         getattr(torch, device_type).set_device(device)
     torch.distributed.init_process_group(devices.dist_backend(device_type), init_method=f'tcp://127.0.0.1:{port}',

@@ -51,16 +51,21 @@ def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
                         scale: float) -> torch.Tensor:
     """softmax(scale * q k^T + bias) v for (B, N, L, D) queries, (B, N, S, D) keys and values, and a
     (1, N, L, S) additive bias in the queries' dtype, on the device's fused kernel where one takes the bias."""
-    op = devices.fused_attention_op(q.device)
-    compiling = torch.compiler.is_compiling()
-    if op is not None and not compiling:
+    if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
         # npu_fusion_attention does not support graph mode (its documentation): eager only
+        return _eager_attention(q, k, v, bias, dropout_p, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
+def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
+                     scale: float) -> torch.Tensor:
+    op = devices.fused_attention_op(q.device)
+    if op is not None:
         why_not = fused_limits_broken(q, k)
         if why_not is None:
             KERNELS_USED['npu_fusion_attention'] += 1
             return fused_biased_attention(op, q, k, v, bias, dropout_p, scale)
         devices.say_once(f'Attention: {why_not}, beyond npu_fusion_attention\'s documented limits; '
                          'using scaled_dot_product_attention for these layers.')
-    if not compiling:
-        KERNELS_USED['scaled_dot_product_attention'] += 1
+    KERNELS_USED['scaled_dot_product_attention'] += 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
