@@ -240,10 +240,13 @@ def test_focal_models_give_the_same_logits_through_the_fused_mapping(monkeypatch
 # Loss meter (no host sync per step)
 # ---------------------------------------------------------------------------------------------
 
-def test_loss_meter_keeps_the_first_non_finite_step():
+def test_loss_meter_keeps_the_first_non_finite_step(monkeypatch):
     meter = devices.LossMeter()
-    for step, value in enumerate([1.0, 3.0, float('nan'), float('inf'), 2.0]):
-        meter.update(torch.tensor(value), 2, step)
+    with monkeypatch.context() as no_host_reads:
+        no_host_reads.setattr(torch.Tensor, 'item', lambda self: pytest.fail('update() read a value on the host'))
+        no_host_reads.setattr(torch.Tensor, '__bool__', lambda self: pytest.fail('update() branched on a value'))
+        for step, value in enumerate([1.0, 3.0, float('nan'), float('inf'), 2.0]):
+            meter.update(torch.tensor(value), 2, step)
     assert meter.first_nonfinite()[0] == 2 and meter.val == 2.0 and meter.count == 10
     good = devices.LossMeter()
     for step, value in enumerate([1.0, 3.0]):
