@@ -62,3 +62,13 @@ def test_command_line_mistake_is_one_line(capsys):
         run_main(lambda: doctor.main(['--device', 'cpu', '--models', 'resnet50']))
     assert exit.value.code == 2
     assert capsys.readouterr().err == 'error: --models resnet50: not a VAN or Focal Transformer model name.\n'
+
+
+def test_attention_kernel_report(monkeypatch):
+    cpu = torch.device('cpu')
+    assert doctor.check_attention_kernel(cpu, {'scaled_dot_product_attention': 4}).detail == \
+        "PyTorch's own choice: scaled_dot_product_attention x4"
+    monkeypatch.setattr(devices, 'fused_attention_op', lambda device: print)  # as on an A2 NPU
+    assert doctor.check_attention_kernel(cpu, {'npu_fusion_attention': 4}).detail == 'fused: npu_fusion_attention x4'
+    missed = doctor.check_attention_kernel(cpu, {'scaled_dot_product_attention': 4})
+    assert missed.status == 'FAIL' and 'available but did not run' in missed.detail

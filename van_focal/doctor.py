@@ -102,11 +102,14 @@ def check_model(name: str, device: torch.device) -> List[Check]:
 
 
 def check_attention_kernel(device: torch.device, used: Dict[str, int]) -> Check:
-    fused = devices.fused_attention_op(device)
+    """Which kernel Focal's attention ran on: fused (the device's own kernel taking the additive bias, the
+    NPU's npu_fusion_attention) or scaled_dot_product_attention (a fallback on an NPU)."""
     ran = ', '.join(f'{k} x{v}' for k, v in sorted(used.items())) or 'no attention layer ran'
-    if fused is not None and not used.get('npu_fusion_attention'):
-        return Check('attention kernel', 'FAIL', f'{ran}; the fused kernel is available but did not run')
-    kind = 'fused' if used.get('npu_fusion_attention') or fused is None else 'fallback'
+    if devices.fused_attention_op(device) is not None:
+        if not used.get('npu_fusion_attention'):
+            return Check('attention kernel', 'FAIL', f'{ran}; the fused kernel is available but did not run')
+        return Check('attention kernel', 'INFO', f'fused: {ran}')
+    kind = 'fallback' if device.type == 'npu' else "PyTorch's own choice"
     return Check('attention kernel', 'INFO', f'{kind}: {ran}')
 
 
