@@ -79,13 +79,16 @@ def npu(monkeypatch):
     torch_npu.npu_fusion_attention = documented_fusion_attention(calls)
     monkeypatch.setitem(sys.modules, 'torch_npu', torch_npu)
     monkeypatch.setattr(torch, 'npu', npu_module, raising=False)
-    if torch._C._get_privateuse1_backend_name() != 'npu':
-        torch.utils.rename_privateuse1_backend('npu')  # what torch_npu does, so that torch.device('npu:1') parses
     devices._npu_fused_attention_op.cache_clear()
     devices._said.clear()
     state.calls, state.module = calls, npu_module
     yield state
     devices._npu_fused_attention_op.cache_clear()
+
+
+# torch.device('npu') parses only once torch_npu has renamed torch's PrivateUse1 backend, which cannot be
+# undone within the test process; our code reads only .type and .index.
+NPU = types.SimpleNamespace(type='npu', index=None)
 
 
 def args(**kwargs):
@@ -97,11 +100,14 @@ def args(**kwargs):
 # Device choice, set_device, flags
 # ---------------------------------------------------------------------------------------------
 
-def test_npu_is_chosen_and_made_current(npu):
+def test_npu_is_chosen_and_made_current(npu, monkeypatch):
     assert devices.resolve_device_name(None) in ('cuda', 'npu')
+    real_device = torch.device
+    monkeypatch.setattr(torch, 'device', lambda name: types.SimpleNamespace(type='npu', index=int(name[4:]))
+                        if name.startswith('npu:') else real_device(name))
     device = devices.init_device(args(device='npu:1'))
-    assert device == torch.device('npu:1')
-    assert ('set_device', (torch.device('npu:1'),), {}) in npu.calls
+    assert (device.type, device.index) == ('npu', 1)
+    assert ('set_device', (device,), {}) in npu.calls
     npu.available = False
     with pytest.raises(devices.DeviceError, match='no Ascend NPU is visible'):
         devices.resolve_device_name('npu')
@@ -129,14 +135,14 @@ def test_npu_flags(npu, monkeypatch, caplog):
     monkeypatch.setattr(torch.utils._triton, 'has_triton', lambda: False)
     a = args(channels_last=True, torchcompile='inductor', amp_dtype=None)
     with caplog.at_level(logging.WARNING):
-        devices.configure(torch.device('npu'), a)
+        devices.configure(NPU, a)
     assert npu.module.matmul.allow_hf32 is True  # HF32, the NPU's TF32
     assert a.channels_last is False and a.torchcompile == 'npu' and a.amp_dtype == 'bfloat16'
     assert 'channels-last' in caplog.text and 'triton-ascend' in caplog.text
     monkeypatch.setattr(torch.utils._triton, 'has_triton', lambda: True)
     npu.bf16 = False  # Ascend 910
     a = args(torchcompile='inductor', amp_dtype=None)
-    devices.configure(torch.device('npu'), a)
+    devices.configure(NPU, a)
     assert a.torchcompile == 'inductor' and a.amp_dtype == 'float16'
     a = args(channels_last=True, torchcompile='inductor', amp_dtype=None)
     devices.configure(torch.device('cpu'), a)
@@ -146,16 +152,16 @@ def test_npu_flags(npu, monkeypatch, caplog):
 def test_bfloat16_on_a_chip_without_it_is_an_error(npu):
     npu.bf16 = False
     with pytest.raises(devices.DeviceError, match='no bfloat16 support'):
-        devices.autocast(torch.device('npu'), True, torch.bfloat16)
-    devices.autocast(torch.device('npu'), False, torch.bfloat16)  # AMP off: the dtype does not matter
+        devices.autocast(NPU, True, torch.bfloat16)
+    devices.autocast(NPU, False, torch.bfloat16)  # AMP off: the dtype does not matter
 
 
 def test_npu_loss_scaler_is_torch_npus(npu):
-    scaler = devices.loss_scaler(torch.device('npu'), True, torch.float16)
+    scaler = devices.loss_scaler(NPU, True, torch.float16)
     assert isinstance(scaler, devices.NpuScaler) and scaler._scaler is StandInGradScaler.instances[-1]
     scaler.load_state_dict({'scale': 1024.0, '_growth_tracker': 0})  # from a CUDA run: no 'dynamic'
     assert scaler._scaler.loaded['dynamic'] is True and scaler._scaler.loaded['scale'] == 1024.0
-    assert devices.loss_scaler(torch.device('npu'), True, torch.bfloat16) is None
+    assert devices.loss_scaler(NPU, True, torch.bfloat16) is None
     assert devices.loss_scaler(torch.device('cpu'), True, torch.float16) is None
     cuda = devices.loss_scaler(torch.device('cuda'), True, torch.float16)
     assert type(cuda) is timm.utils.NativeScaler
@@ -167,11 +173,11 @@ def test_npu_loss_scaler_is_torch_npus(npu):
 
 def test_fused_attention_only_on_chips_documented_for_it(npu, caplog):
     assert devices.fused_attention_op(torch.device('cpu')) is None
-    assert devices.fused_attention_op(torch.device('npu')) is sys.modules['torch_npu'].npu_fusion_attention
+    assert devices.fused_attention_op(NPU) is sys.modules['torch_npu'].npu_fusion_attention
     devices._npu_fused_attention_op.cache_clear()
     npu.inf_nan = False  # Ascend 910: npu_fusion_attention is documented for Atlas A2 only
     with caplog.at_level(logging.WARNING):
-        assert devices.fused_attention_op(torch.device('npu')) is None
+        assert devices.fused_attention_op(NPU) is None
     assert 'Atlas A2' in caplog.text
 
 
