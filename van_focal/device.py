@@ -39,7 +39,7 @@ def _keep_torch_npu_from_breaking_torch() -> Optional[str]:
         return None
     os.environ['TORCH_DEVICE_BACKEND_AUTOLOAD'] = '0'
     return ('torch_npu is installed but CANN is not sourced (ASCEND_HOME_PATH is unset), so it was not loaded; '
-            'source CANN\'s set_env.sh (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh) to use the NPU.')
+            'source CANN\'s set_env.sh (e.g. /usr/local/Ascend/cann/set_env.sh) to use the NPU.')
 
 
 NPU_NOT_LOADED = _keep_torch_npu_from_breaking_torch()
