@@ -12,6 +12,7 @@ and the peak memory (the allocator's peak on an accelerator; the process's peak 
 on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 """
+import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import concurrent.futures
 import csv
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num-classes', type=int, default=1000)
     parser.add_argument('--device', default=None, help='cuda, npu or cpu (default: the accelerator present)')
     parser.add_argument('--amp', action='store_true')
-    parser.add_argument('--amp-dtype', default='bfloat16', choices=list(devices.AMP_DTYPES))
+    parser.add_argument('--amp-dtype', default=None, choices=list(devices.AMP_DTYPES),
+                        help="default: bfloat16 where the device has it, else float16")
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
     parser.add_argument('--fuse', action='store_true', help='inference on the fused model (timm reparameterize)')
@@ -177,8 +179,7 @@ def main():
     args = parse_args(build_parser())
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(devices.resolve_device_name(args.device))
-    devices.set_fast_math(device)
+    device = devices.init_device(args)
     modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
     matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')

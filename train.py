@@ -9,6 +9,7 @@ ROOT holds train/<class>/<images> and val/<class>/<images>. Flags keep timm's tr
 library: datasets and loaders, RandAugment / random erasing / mixup / cutmix, losses,
 optimizers, schedulers, EMA, AMP loss scaling and checkpoint saving.
 """
+import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import logging
 import os
@@ -223,7 +224,7 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
     accum = args.grad_accum_steps
     updates_per_epoch = (len(loader) + accum - 1) // accum
     num_updates = epoch * updates_per_epoch
-    losses, data_time = utils.AverageMeter(), utils.AverageMeter()
+    losses, data_time = devices.LossMeter(), utils.AverageMeter()  # no host sync per step
     start = data_start = time.time()
     samples = 0
     optimizer.zero_grad()
@@ -241,7 +242,7 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         with task.no_sync() if args.distributed and not need_update else nullcontext():
             with autocast():
                 loss = task(input, target)['loss']
-            check_finite(loss, epoch, batch_idx, output_dir)
+            losses.update(loss, input.shape[0], batch_idx)
             clip_params = task.get_clip_parameters(exclude_head='agc' in args.clip_mode) if args.clip_grad else None
             if loss_scaler is not None:
                 loss_scaler(loss / accum, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
@@ -252,7 +253,6 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
                     if args.clip_grad:
                         utils.dispatch_clip_grad(clip_params, value=args.clip_grad, mode=args.clip_mode)
                     optimizer.step()
-        losses.update(loss.item(), input.shape[0])
         samples += input.shape[0] * args.world_size
         if not need_update:
             data_start = time.time()
@@ -261,11 +261,12 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         num_updates += 1
         optimizer.zero_grad()
         task.update_ema(step=num_updates)
-        lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+        lr_scheduler.step_update(num_updates=num_updates)  # timm's update-stepped schedules ignore the metric
         update_idx = batch_idx // accum
         if saver is not None and args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
             saver.save_recovery(epoch, batch_idx=update_idx)
         if update_idx % args.log_interval == 0 or last_batch:
+            check_finite(losses, epoch, output_dir)
             devices.synchronize(device)
             elapsed = time.time() - start
             eta = elapsed / (update_idx + 1) * (updates_per_epoch - update_idx - 1)
@@ -378,7 +379,7 @@ def main(argv=None):
     args.dist_backend = devices.dist_backend(args.device)
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     device = utils.init_distributed_device(args)
-    devices.set_fast_math(device)
+    devices.configure(device, args)
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
     utils.random_seed(args.seed, args.rank)
 

@@ -9,6 +9,7 @@ A checkpoint written by train.py gives the model, its class count and names, the
 the preprocessing; otherwise these come from the model's pretrained_cfg. A flag overrides either.
 Flag names follow timm's validate.py.
 """
+import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import csv
 import json
@@ -128,8 +129,7 @@ def main(argv=None):
     check_model_name(args.model)
     if args.class_map:
         args.class_names = run_info.class_names_from_map(args.class_map, args.data)
-    device = torch.device(devices.resolve_device_name(args.device))
-    devices.set_fast_math(device)
+    device = devices.init_device(args)
     utils.random_seed(args.seed)
     if args.fast_norm:
         set_fast_norm()

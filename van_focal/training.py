@@ -5,7 +5,6 @@ import logging
 import os
 import shutil
 
-import torch
 from timm import utils
 
 from .cli import UsageError
@@ -30,10 +29,14 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     utils.random_seed(seed + EPOCH_SEED_STRIDE * epoch, rank)
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int, output_dir: str) -> None:
-    if not torch.isfinite(loss).all():
+def check_finite(losses, epoch: int, output_dir: str) -> None:
+    """Stop at the first non-finite loss in `losses` (a device.LossMeter). Called at log intervals and at the
+    end of the epoch, before any checkpoint is written, so the steps in between never reach the disk."""
+    bad = losses.first_nonfinite()
+    if bad is not None:
+        step, loss = bad
         where = f' The checkpoints in {output_dir} are from before this step and untouched.' if output_dir else ''
-        raise NonFiniteLossError(f'loss is {loss.item()} at epoch {epoch}, step {step}: training diverged.{where} '
+        raise NonFiniteLossError(f'loss is {loss} at epoch {epoch}, step {step}: training diverged.{where} '
                                  'Lower --lr, set --clip-grad, or use --amp-dtype bfloat16, then --resume.')
 
 

@@ -31,6 +31,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
 
+from ._attention import attention_with_bias
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 from .focal_resize import fit_to_windows
 
@@ -201,7 +202,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     and SDPA can use its fused kernels (with 5-D inputs it falls back to the unfused math path).
     """
     mask = bias.to(q.dtype).reshape(1, q.shape[1], q.shape[2], -1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return attention_with_bias(q, k, v, mask, dropout_p, scale)
 
 
 class WindowPool(nn.Module):
