@@ -1,4 +1,7 @@
-"""A run killed at any moment resumes to the same weights, and a kill while saving loses nothing."""
+"""A run killed at any moment resumes to the same weights, and a kill or a full disk while saving loses nothing."""
+import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from scripts import REPO, TINY_RUN, load, make_tiny_dataset, run, script_env
-from van_focal.training import AtomicCheckpointSaver
+from van_focal.training import AtomicCheckpointSaver, CheckpointWriteError
 
 # Every source of randomness on: sampler order, RandAugment, random erasing, mixup/cutmix, drop path, EMA.
 RANDOM_RUN = [*TINY_RUN, '--epochs', '4', '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25', '--mixup', '0.8',
@@ -82,3 +85,36 @@ def test_checkpoint_history_matches_the_disk(tmp_path):
     assert sorted(f.split('/')[-1] for f, _ in saver.checkpoint_files) == kept
     assert load(tmp_path / 'model_best.pth.tar')['epoch'] == 1
     assert not list(tmp_path.glob('*.partial')) and not (tmp_path / 'tmp.pth.tar').exists()
+
+
+@pytest.mark.parametrize('failing', ['torch.save', 'copy'])
+def test_full_disk_keeps_the_earlier_checkpoints(tmp_path, monkeypatch, failing):
+    model = nn.Linear(4, 2)
+    saver = _saver(tmp_path, model)
+    saver.save_checkpoint(0, metric=1.0)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+
+    if failing == 'torch.save':
+        real_save = torch.save
+
+        def half_written(obj, path, *args, **kwargs):
+            real_save(obj, path, *args, **kwargs)
+            with open(path, 'r+b') as f:
+                f.truncate(f.seek(0, 2) // 2)
+            disk_full()
+        monkeypatch.setattr(torch, 'save', half_written)
+    else:  # `last` written, its numbered copy fails (a file system without hard links)
+        monkeypatch.setattr(os, 'link', disk_full)
+        monkeypatch.setattr(shutil, 'copyfile', lambda src, dst: (open(dst, 'wb').write(b'half'), disk_full()))
+    with pytest.raises(CheckpointWriteError) as error:
+        saver.save_checkpoint(1, metric=2.0)
+    message = str(error.value)
+    assert f'cannot write a checkpoint in {tmp_path} (No space left on device)' in message
+    assert re.search(r'; [\d.]+ [KMG]?B free there', message) and len(message.splitlines()) == 1
+    assert not list(tmp_path.glob('*.partial')) and not (tmp_path / 'tmp.pth.tar').exists()
+    for name in ('model_best.pth.tar', 'checkpoint-0.pth.tar') + (('last.pth.tar',) if failing == 'torch.save' else ()):
+        assert (tmp_path / name).read_bytes() == saved[name]
+    assert load(tmp_path / 'last.pth.tar')['epoch'] == (0 if failing == 'torch.save' else 1)
