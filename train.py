@@ -33,9 +33,11 @@ import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal.checkpoint import checkpoint_loading
 from van_focal.cli import UsageError, add_model_input_args, check_model_name, parse_args, run_main
-from van_focal.data import build_dataset, class_folders, find_split
+from van_focal.data import build_dataset, check_num_classes, class_folders, find_split
 from van_focal.evaluate import evaluate
-from van_focal.training import AtomicCheckpointSaver, check_finite, plot_summary, seed_epoch
+from van_focal.preemption import StopSignals, skipping_sampler
+from van_focal.training import (AtomicCheckpointSaver, check_finite, check_training_flags, plot_summary,
+                                resolve_resume_auto, resume_within_epoch, seed_epoch)
 
 _logger = logging.getLogger('train')
 
@@ -58,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--model', default='van_b0')
     group.add_argument('--pretrained', action='store_true')
     group.add_argument('--initial-checkpoint', default='', metavar='PATH')
-    group.add_argument('--resume', default='', metavar='PATH', help='continue this run (model, optimizer, EMA, epoch)')
+    group.add_argument('--resume', default='', metavar='PATH',
+                       help='continue this run (model, optimizer, EMA, epoch, position in the epoch); '
+                            '"auto": the --experiment folder\'s last.pth.tar if there is one')
     group.add_argument('--no-resume-opt', action='store_true')
     add_model_input_args(group)
     group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
@@ -164,7 +168,9 @@ def build_loaders(args, data_config, device):
     return loader_train, loader_eval, mixup_active
 
 
-def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir):
+def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir,
+                    stop, position=None):
+    """One epoch, or its rest after `position`; on an agreed stop signal, `stop.position` says where it ended."""
     model = task.get_trainable_module()
     model.train()
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
@@ -173,14 +179,18 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         if loader.mixup_fn is not None:
             loader.mixup_fn.mixup_enabled = False
     accum = args.grad_accum_steps
-    updates_per_epoch = (len(loader) + accum - 1) // accum
-    num_updates = epoch * updates_per_epoch
+    start_batch = position['batches_done'] if position else 0
+    num_batches = start_batch + len(loader)
+    updates_per_epoch = (num_batches + accum - 1) // accum
+    num_updates = start_update = epoch * updates_per_epoch + (start_batch + accum - 1) // accum
     losses, data_time = utils.AverageMeter(), utils.AverageMeter()
+    if position:
+        losses.update(position['loss_sum'] / max(position['loss_count'], 1), position['loss_count'])
     start = data_start = time.time()
     samples = 0
     optimizer.zero_grad()
-    for batch_idx, (input, target) in enumerate(loader):
-        last_batch = batch_idx == len(loader) - 1
+    for batch_idx, (input, target) in enumerate(loader, start_batch):
+        last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % accum == 0
         if args.no_prefetcher:
             input, target = input.to(device), target.to(device)
@@ -218,12 +228,16 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         if update_idx % args.log_interval == 0 or last_batch:
             devices.synchronize(device)
             elapsed = time.time() - start
-            eta = elapsed / (update_idx + 1) * (updates_per_epoch - update_idx - 1)
+            eta = elapsed / (num_updates - start_update) * (updates_per_epoch - update_idx - 1)
             lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
             if utils.is_primary(args):
                 _logger.info(f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch}]  Loss: {losses.val:#.3g} '
                              f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / elapsed:>7.1f} img/s  '
                              f'Data: {data_time.avg:.3f}s  ETA: {eta:.0f}s')
+        if stop.agreed():
+            stop.position = dict(epoch=epoch, batches_done=batch_idx + 1, batch_size=args.batch_size,
+                                 world_size=args.world_size, loss_sum=losses.sum, loss_count=losses.count)
+            break
         data_start = time.time()
 
     loss_avg = losses.avg
@@ -255,8 +269,9 @@ def output_folder(args, data_config) -> str:
 
 def build_train_model(args, device: torch.device) -> nn.Module:
     """The model to train, on `device`: pretrained / initial weights, classes from the data folders by default."""
-    if args.num_classes is None and not args.dataset:
-        args.num_classes = len(class_folders(find_split(args.data, args.train_split, '--train-split')))
+    if not args.dataset:
+        split_dir = find_split(args.data, args.train_split, '--train-split')
+        args.num_classes = check_num_classes(args.num_classes, class_folders(split_dir), split_dir)
     in_chans = args.input_size[0] if args.input_size else 3
     with checkpoint_loading(args.initial_checkpoint or args.model, args.model):
         model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, in_chans=in_chans,
@@ -298,6 +313,7 @@ def main():
     args = parse_args(build_parser())
     args_text = yaml.safe_dump(vars(args), default_flow_style=False)
     check_model_name(args.model)
+    check_training_flags(args)
     args.device = devices.resolve_device_name(args.device)
     args.dist_backend = devices.dist_backend(args.device)
     args.grad_accum_steps = max(1, args.grad_accum_steps)
@@ -305,6 +321,8 @@ def main():
     devices.set_fast_math(device)
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
     utils.random_seed(args.seed, args.rank)
+    stop = StopSignals(args.distributed)
+    resolve_resume_auto(args)
 
     model = build_train_model(args, device)
     data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
@@ -361,9 +379,11 @@ def main():
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss'), updates_per_epoch=updates_per_epoch)
     start_epoch = resume_epoch or 0
-    if start_epoch:
+    position = resume_within_epoch(args, start_epoch, len(loader_train)) if args.resume else None
+    if start_epoch or position:
         if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+            done = (position['batches_done'] + args.grad_accum_steps - 1) // args.grad_accum_steps if position else 0
+            lr_scheduler.step_update(start_epoch * updates_per_epoch + done)
         else:
             lr_scheduler.step(start_epoch)
     if utils.is_primary(args):
@@ -371,12 +391,19 @@ def main():
                      f'output in {output_dir}.')
 
     summary_csv = os.path.join(output_dir, 'summary.csv') if output_dir else ''
+    epoch_tail = skipping_sampler(loader_train)
     for epoch in range(start_epoch, num_epochs):
         seed_epoch(args.seed, epoch, args.rank)
         if hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
+        epoch_position = position if epoch == start_epoch else None
+        epoch_tail.skip = epoch_position['batches_done'] * args.batch_size if epoch_position else 0
         train_metrics = train_one_epoch(epoch, task, loader_train, optimizer, args, device, lr_scheduler, autocast,
-                                        loss_scaler, output_dir)
+                                        loss_scaler, output_dir, stop, epoch_position)
+        if stop.position is not None:
+            if saver is not None:
+                saver.save_position(stop.position)
+            stop.finish(f"after batch {stop.position['batches_done']} of epoch {epoch}", output_dir)
         if args.distributed and args.dist_bn:
             utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
         eval_metrics = None
@@ -394,6 +421,8 @@ def main():
             saver.save_checkpoint(epoch, metric=metric)
             plot_summary(summary_csv, os.path.join(output_dir, 'summary.png'))
         lr_scheduler.step(epoch + 1, metric)
+        if epoch + 1 < num_epochs and stop.agreed():
+            stop.finish(f'at the end of epoch {epoch}', output_dir)
 
     if args.distributed:
         torch.distributed.destroy_process_group()

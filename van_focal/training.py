@@ -6,12 +6,13 @@ import logging
 import os
 import shutil
 from contextlib import contextmanager, suppress
-from typing import Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 from timm import utils
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
 
+from .checkpoint import checkpoint_loading
 from .cli import UsageError
 
 _logger = logging.getLogger(__name__)
@@ -32,6 +33,44 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     generators after this call, so an epoch is the same whether the run got there directly or by resuming.
     """
     utils.random_seed(seed + EPOCH_SEED_STRIDE * epoch, rank)
+
+
+def check_training_flags(args) -> None:
+    """Refuse flag values that cannot work, before anything is built."""
+    for flag, value, least in (('-b/--batch-size', args.batch_size, 1), ('-vb/--validation-batch-size',
+                               args.validation_batch_size, 1), ('--workers', args.workers, 0),
+                               ('--lr', args.lr, 0), ('--lr-base', args.lr_base, 0)):
+        if value is not None and value < least:
+            raise UsageError(f'{flag} {value}: must be {"at least 1" if least else "zero or more"}.')
+
+
+def resolve_resume_auto(args) -> None:
+    """`--resume auto`: the run folder's last.pth.tar when there is one (a restart), else a fresh start."""
+    if args.resume != 'auto':
+        return
+    if not args.experiment:
+        raise UsageError('--resume auto needs --experiment NAME: a restarted run finds its folder by that name.')
+    last = os.path.join(args.output or './output/train', args.experiment, 'last.pth.tar')
+    args.resume = last if os.path.isfile(last) else ''
+    if utils.is_primary(args):
+        _logger.info(f'--resume auto: {"continuing from " + last if args.resume else "no " + last + ", starting afresh"}.')
+
+
+def resume_within_epoch(args, epoch: int, num_batches: int) -> Optional[Dict[str, float]]:
+    """The position inside `epoch` saved in `args.resume` by a stop, if the loader still has that order."""
+    with checkpoint_loading(args.resume, args.model):
+        position = resume_position(args.resume)
+    if not position or position['epoch'] != epoch:
+        return None
+    if (position['batch_size'], position['world_size']) != (args.batch_size, args.world_size) \
+            or position['batches_done'] > num_batches:
+        _logger.warning(f"{args.resume} stopped inside epoch {epoch} with batch {position['batch_size']} x "
+                        f"{position['world_size']} processes, now {args.batch_size} x {args.world_size}: the sample "
+                        'order differs, so the epoch restarts from its beginning.')
+        return None
+    if utils.is_primary(args):
+        _logger.info(f"Continuing epoch {epoch} after batch {position['batches_done']} of {num_batches}.")
+    return position
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int, output_dir: str) -> None:
@@ -71,7 +110,7 @@ class AtomicCheckpointSaver(utils.CheckpointSaver):
 
     `save_position` writes only `last`, holding a position inside an epoch (see `resume_position`).
     """
-    position = None  # (epoch, batches done) while save_position writes
+    position = None  # while save_position writes: {'epoch', 'batches_done', 'loss_sum', 'loss_count'}
 
     def _save(self, save_path, epoch, metric=None):
         super()._save(save_path, epoch, metric)
@@ -89,25 +128,25 @@ class AtomicCheckpointSaver(utils.CheckpointSaver):
     def state_dict(self, epoch=None, metric=None):
         state = super().state_dict(epoch, metric)
         if self.position is not None:
-            state['position'] = dict(zip(('epoch', 'batches_done'), self.position))
+            state['position'] = self.position
         return state
 
     def save_checkpoint(self, epoch, metric=None):
         with self._write_errors_explained():
             return super().save_checkpoint(epoch, metric)
 
-    def save_position(self, epoch: int, batches_done: int) -> str:
-        """Write `last` after `batches_done` batches of `epoch`; `--resume` continues right there.
+    def save_position(self, position: Dict[str, float]) -> str:
+        """Write `last` after `position['batches_done']` batches of `position['epoch']`; `--resume` continues there.
 
         Its `epoch` field is the last completed epoch (epoch - 1), as timm reads it, so a loader that
         ignores the position (timm's own train.py) repeats the interrupted epoch instead of skipping it.
         """
         tmp_path = os.path.join(self.checkpoint_dir, 'tmp' + self.extension)
         last_path = os.path.join(self.checkpoint_dir, 'last' + self.extension)
-        self.position = (epoch, batches_done)
+        self.position = dict(position)
         try:
             with self._write_errors_explained():
-                self._save(tmp_path, epoch - 1)
+                self._save(tmp_path, position['epoch'] - 1)
                 self._replace(tmp_path, last_path)
         finally:
             self.position = None
@@ -128,11 +167,10 @@ class AtomicCheckpointSaver(utils.CheckpointSaver):
                 'then --resume.') from None
 
 
-def resume_position(checkpoint_path: str) -> Optional[Tuple[int, int]]:
-    """(epoch, batches done) when `checkpoint_path` was written inside an epoch by `save_position`, else None."""
+def resume_position(checkpoint_path: str) -> Optional[Dict[str, float]]:
+    """The position inside an epoch that `save_position` stored in `checkpoint_path`, else None."""
     state = load_checkpoint_metadata(checkpoint_path).get('saver') or {}
-    position = state.get('position')
-    return (position['epoch'], position['batches_done']) if position else None
+    return state.get('position')
 
 
 def plot_summary(summary_csv: str, png_path: str) -> None:

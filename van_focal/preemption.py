@@ -1,0 +1,85 @@
+"""Stopping on a cluster's preemption signal at an update boundary, and continuing inside the epoch.
+
+SLURM and Kubernetes send SIGTERM (SLURM's `--signal` often SIGUSR1) and kill a little later.
+`StopSignals` turns either into a request that train.py honours after the current update; under
+torch.distributed every process learns whether any process got the signal (an all-reduce over a
+Gloo group, on the CPU, so the accelerator's stream is not synchronised), so all stop at the same
+update. The process then exits with status 128 + the signal's number (143 for SIGTERM, 138 for
+SIGUSR1), what a shell reports for a process the signal killed, so job scripts that requeue on it
+keep working.
+
+`SkippingSampler` wraps a loader's sampler so that an epoch can start `skip` indices into the
+order the sampler draws for it: a resumed epoch sees exactly the samples the stopped one had not.
+"""
+import itertools
+import logging
+import os
+import signal
+import sys
+from typing import Iterator, NoReturn, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+_logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """Records SIGTERM / SIGUSR1 instead of dying; `agreed()` tells every process whether to stop."""
+
+    def __init__(self, distributed: bool):
+        self.signum = 0
+        self.position: Optional[dict] = None  # where the epoch stopped, set by the training loop
+        self._group = dist.new_group(backend='gloo') if distributed else None
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum, _frame) -> None:
+        self.signum = signum  # no logging here: the handler may interrupt a log call holding its lock
+
+    def agreed(self) -> bool:
+        """Whether any process has received a stop signal; the same answer on every process."""
+        if self._group is None:
+            return bool(self.signum)
+        flag = torch.tensor([self.signum], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        self.signum = int(flag.item())
+        return bool(self.signum)
+
+    def finish(self, where: str, output_dir: str) -> NoReturn:
+        """Exit with `exit_status` once every process is here (the primary has written its checkpoint by then)."""
+        if self._group is not None:
+            dist.barrier(group=self._group)
+        if output_dir:
+            last = os.path.join(output_dir, 'last.pth.tar')
+            _logger.warning(f'{signal.Signals(self.signum).name}: stopped {where}. {last} holds the run; '
+                            f'continue it with --resume {last} (or --resume auto --experiment ...).')
+        sys.exit(self.exit_status)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class SkippingSampler(Sampler):
+    """`sampler`'s order for the epoch, without its first `skip` indices (same random draws either way)."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def skipping_sampler(loader) -> SkippingSampler:
+    """Put a SkippingSampler under `loader`'s batches (a DataLoader or timm's PrefetchLoader)."""
+    batch_sampler = loader.batch_sampler
+    batch_sampler.sampler = SkippingSampler(batch_sampler.sampler)
+    return batch_sampler.sampler
