@@ -70,8 +70,6 @@ def convert_image(img: Image.Image, mode: str) -> Image.Image:
     to white), palette transparency through RGBA (without the warning convert() gives)."""
     if img.mode.startswith('I;16') or img.mode == 'I':
         img = Image.fromarray((np.asarray(img, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8))
-    elif img.mode == 'F':
-        raise ValueError('floating-point pixels (mode F); save it as an 8- or 16-bit image')
     elif img.mode == 'P' and 'transparency' in img.info:
         img = img.convert('RGBA')
     return img.convert(mode)
