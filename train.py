@@ -321,7 +321,7 @@ def main():
     devices.set_fast_math(device)
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
     utils.random_seed(args.seed, args.rank)
-    stop = StopSignals(args.distributed)
+    stop = StopSignals(args.distributed, device)
     resolve_resume_auto(args)
 
     model = build_train_model(args, device)

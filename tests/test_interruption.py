@@ -3,15 +3,18 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 from scripts import REPO, TINY_RUN, load, make_tiny_dataset, run, script_env
+from test_preemption import STEADY_RUN
 from van_focal.training import AtomicCheckpointSaver, CheckpointWriteError
 
 # Every source of randomness on: sampler order, RandAugment, random erasing, mixup/cutmix, drop path, EMA.
@@ -118,3 +121,65 @@ def test_full_disk_keeps_the_earlier_checkpoints(tmp_path, monkeypatch, failing)
     for name in ('model_best.pth.tar', 'checkpoint-0.pth.tar') + (('last.pth.tar',) if failing == 'torch.save' else ()):
         assert (tmp_path / name).read_bytes() == saved[name]
     assert load(tmp_path / 'last.pth.tar')['epoch'] == (0 if failing == 'torch.save' else 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ranks(launcher_pid: int) -> dict:
+    """RANK -> pid of the train.py processes torchrun (`launcher_pid`) runs now."""
+    ranks = {}
+    for children in Path(f'/proc/{launcher_pid}/task').glob('*/children'):
+        for pid in children.read_text().split():
+            try:
+                env = Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
+            except OSError:
+                continue
+            rank = next((e[5:].decode() for e in env if e.startswith(b'RANK=')), None)
+            if rank is not None:
+                ranks[int(rank)] = int(pid)
+    return ranks
+
+
+def _wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f'the run ended before {what}'
+        assert time.time() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.02)
+
+
+def test_stopped_and_killed_ranks_restart_to_the_same_weights(tmp_path):
+    """2 CPU processes: SIGTERM to rank 1 mid-epoch (both stop at the same update), then SIGKILL to a rank
+    after the first epoch's checkpoint; torchrun restarts the group each time, --resume auto continues,
+    and the final weights equal an uninterrupted 2-process run."""
+    data = make_tiny_dataset(tmp_path / 'data')
+    run_args = [data, *STEADY_RUN, '--epochs', '3', '--output', tmp_path, '--resume', 'auto']
+    run('distributed_train.sh', 2, *run_args, '--experiment', 'straight', env_extra={'MASTER_PORT': str(_free_port())})
+
+    log = tmp_path / 'restarted.log'
+    with open(log, 'w') as log_file:
+        launcher = subprocess.Popen(['bash', str(REPO / 'distributed_train.sh'), '2', *[str(a) for a in run_args],
+                                     '--experiment', 'restarted'], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env={**script_env(), 'MASTER_PORT': str(_free_port()), 'MAX_RESTARTS': '2'})
+    try:
+        _wait_for(lambda: 'Train: 0 [   1/6]' in log.read_text(), 'the second update', launcher)
+        os.kill(_ranks(launcher.pid)[1], signal.SIGTERM)
+        _wait_for(lambda: 'Continuing epoch 0 after batch' in log.read_text(), 'the restart after SIGTERM', launcher)
+        _wait_for((tmp_path / 'restarted' / 'checkpoint-0.pth.tar').exists, 'the first checkpoint', launcher)
+        os.kill(_ranks(launcher.pid)[0], signal.SIGKILL)
+        assert launcher.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    text = log.read_text()
+    stop = re.search(r'SIGTERM: stopped after batch (\d+) of epoch 0', text)
+    assert stop and f'Continuing epoch 0 after batch {stop.group(1)} of 6.' in text
+    assert text.count('Process 1 of 2 on cpu') == 3  # the first start and two restarts
+    straight, restarted = load(tmp_path / 'straight' / 'last.pth.tar'), load(tmp_path / 'restarted' / 'last.pth.tar')
+    assert straight['epoch'] == restarted['epoch'] == 2
+    assert _same_tensors(straight['state_dict'], restarted['state_dict'])
+    assert _same_tensors(straight['state_dict_ema'], restarted['state_dict_ema'])

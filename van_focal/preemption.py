@@ -2,9 +2,8 @@
 
 SLURM and Kubernetes send SIGTERM (SLURM's `--signal` often SIGUSR1) and kill a little later.
 `StopSignals` turns either into a request that train.py honours after the current update; under
-torch.distributed every process learns whether any process got the signal (an all-reduce over a
-Gloo group, on the CPU, so the accelerator's stream is not synchronised), so all stop at the same
-update. The process then exits with status 128 + the signal's number (143 for SIGTERM, 138 for
+torch.distributed every process learns whether any process got the signal (a one-number all-reduce
+per update; the loop already waits for each loss value), so all stop at the same update. The process then exits with status 128 + the signal's number (143 for SIGTERM, 138 for
 SIGUSR1), what a shell reports for a process the signal killed, so job scripts that requeue on it
 keep working.
 
@@ -30,10 +29,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class StopSignals:
     """Records SIGTERM / SIGUSR1 instead of dying; `agreed()` tells every process whether to stop."""
 
-    def __init__(self, distributed: bool):
+    def __init__(self, distributed: bool, device: torch.device = torch.device('cpu')):
         self.signum = 0
         self.position: Optional[dict] = None  # where the epoch stopped, set by the training loop
-        self._group = dist.new_group(backend='gloo') if distributed else None
+        self.distributed = distributed
+        self.device = device
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._record)
 
@@ -42,17 +42,17 @@ class StopSignals:
 
     def agreed(self) -> bool:
         """Whether any process has received a stop signal; the same answer on every process."""
-        if self._group is None:
+        if not self.distributed:
             return bool(self.signum)
-        flag = torch.tensor([self.signum], dtype=torch.int64)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        flag = torch.tensor([float(self.signum)], device=self.device)  # float: every backend reduces it
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self.signum = int(flag.item())
         return bool(self.signum)
 
     def finish(self, where: str, output_dir: str) -> NoReturn:
         """Exit with `exit_status` once every process is here (the primary has written its checkpoint by then)."""
-        if self._group is not None:
-            dist.barrier(group=self._group)
+        if self.distributed:
+            dist.barrier()
         if output_dir:
             last = os.path.join(output_dir, 'last.pth.tar')
             _logger.warning(f'{signal.Signals(self.signum).name}: stopped {where}. {last} holds the run; '
