@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from timm.data import auto_augment, create_transform
 
 from scripts import REPO
-from van_focal.augment import posterize
+from van_focal.augment import _timm_posterize, posterize
 from van_focal.cli import parse_args
 
 sys.path.insert(0, str(REPO))
@@ -55,6 +55,7 @@ def test_config_train_transform_never_raises(settings):
     transform = create_transform(input_size=(3, SIZE, SIZE), is_training=True, **dict(settings))
     zero_bit_images = _count_zero_bit_requests(transform)
     random.seed(0)
+    np.random.seed(0)  # RandAugment picks its ops with numpy
     torch.manual_seed(0)
     pool = [Image.fromarray(a) for a in np.random.default_rng(0).integers(0, 256, (64, SIZE + 8, SIZE, 3), np.uint8)]
     for i in range(IMAGES_PER_TRANSFORM):
@@ -63,13 +64,13 @@ def test_config_train_transform_never_raises(settings):
         assert out.shape == (3, SIZE, SIZE)
     if dict(settings)['auto_augment']:
         # Each of these images raised with timm's op on Pillow 13: the draws reached the case.
-        print(f'{dict(settings)["auto_augment"]}: {len(zero_bit_images.hits)} of {IMAGES_PER_TRANSFORM} images '
-              'asked for 0 bits (raised before the fix, black now)')
+        print(f'{dict(settings)["auto_augment"]}: timm\'s op raised on {len(zero_bit_images.hits)} of '
+              f'{IMAGES_PER_TRANSFORM} images, ours on none')
         assert zero_bit_images.hits
 
 
 def _count_zero_bit_requests(transform):
-    """Record which images ask a posterize op for 0 bits (those raised before the fix)."""
+    """Record which images timm's own posterize op raises on, calling it beside ours with the same draws."""
     recorder = type('Recorder', (), {'image': None, 'hits': set()})()
     for t in transform.transforms:
         for op in getattr(t, 'ops', []):
@@ -80,7 +81,9 @@ def _count_zero_bit_requests(transform):
 
 def _recording(fn, recorder):
     def wrapped(img, bits, **kwargs):
-        if bits <= 0:
+        try:
+            _timm_posterize(img, bits, **kwargs)
+        except ValueError:
             recorder.hits.add(recorder.image)
         return fn(img, bits, **kwargs)
     return wrapped

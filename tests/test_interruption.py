@@ -183,3 +183,19 @@ def test_stopped_and_killed_ranks_restart_to_the_same_weights(tmp_path):
     assert straight['epoch'] == restarted['epoch'] == 2
     assert _same_tensors(straight['state_dict'], restarted['state_dict'])
     assert _same_tensors(straight['state_dict_ema'], restarted['state_dict_ema'])
+
+
+def test_launcher_takes_the_venv_python_and_max_restarts(tmp_path):
+    """A fresh clone after `make demo`: no PYTHON set, python3 without torch; the script uses .venv/bin/python."""
+    clone = tmp_path / 'clone'
+    (clone / '.venv' / 'bin').mkdir(parents=True)
+    shutil.copy(REPO / 'distributed_train.sh', clone)
+    fake_python = clone / '.venv' / 'bin' / 'python'
+    fake_python.write_text('#!/bin/sh\necho "$0 $*"\n')
+    fake_python.chmod(0o755)
+    env = {k: v for k, v in script_env().items() if k != 'PYTHON'}
+    for extra, restarts in (({}, '0'), ({'MAX_RESTARTS': '3'}, '3')):
+        result = subprocess.run(['bash', str(clone / 'distributed_train.sh'), '2', 'DATA', '--epochs', '1'],
+                                env={**env, **extra}, capture_output=True, text=True, check=True)
+        assert result.stdout.startswith(f'{fake_python} -m torch.distributed.run ')
+        assert f'--max-restarts={restarts} --nproc_per_node=2 {clone}/train.py DATA --epochs 1' in result.stdout

@@ -1,7 +1,6 @@
 """Real folders and command lines are messy: odd image modes and sizes and stray files train; what cannot
 work stops with one line naming the file or flag."""
 import shutil
-import signal
 import warnings
 
 import numpy as np
@@ -14,15 +13,6 @@ from scripts import TINY_RUN, make_tiny_dataset
 from test_mistakes import _fresh_logging, fails, train_fails  # noqa: F401  (_fresh_logging: autouse fixture)
 import train
 from van_focal.data import build_dataset, convert_image
-
-
-@pytest.fixture(autouse=True)
-def _keep_signal_handlers():
-    """train.main takes SIGTERM / SIGUSR1 over for its stop request; give them back to pytest."""
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for s, handler in before.items():
-        signal.signal(s, handler)
 
 
 @pytest.fixture(scope='module')
