@@ -379,7 +379,8 @@ def main():
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss'), updates_per_epoch=updates_per_epoch)
     start_epoch = resume_epoch or 0
-    position = resume_within_epoch(args, start_epoch, len(loader_train)) if args.resume else None
+    epoch_tail = skipping_sampler(loader_train)
+    position = resume_within_epoch(args, start_epoch, len(loader_train), epoch_tail) if args.resume else None
     if start_epoch or position:
         if args.sched_on_updates:
             done = (position['batches_done'] + args.grad_accum_steps - 1) // args.grad_accum_steps if position else 0
@@ -391,13 +392,13 @@ def main():
                      f'output in {output_dir}.')
 
     summary_csv = os.path.join(output_dir, 'summary.csv') if output_dir else ''
-    epoch_tail = skipping_sampler(loader_train)
     for epoch in range(start_epoch, num_epochs):
         seed_epoch(args.seed, epoch, args.rank)
         if hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
         epoch_position = position if epoch == start_epoch else None
-        epoch_tail.skip = epoch_position['batches_done'] * args.batch_size if epoch_position else 0
+        if epoch_tail is not None:
+            epoch_tail.skip = epoch_position['batches_done'] * args.batch_size if epoch_position else 0
         train_metrics = train_one_epoch(epoch, task, loader_train, optimizer, args, device, lr_scheduler, autocast,
                                         loss_scaler, output_dir, stop, epoch_position)
         if stop.position is not None:

@@ -3,9 +3,9 @@
 SLURM and Kubernetes send SIGTERM (SLURM's `--signal` often SIGUSR1) and kill a little later.
 `StopSignals` turns either into a request that train.py honours after the current update; under
 torch.distributed every process learns whether any process got the signal (a one-number all-reduce
-per update; the loop already waits for each loss value), so all stop at the same update. The process then exits with status 128 + the signal's number (143 for SIGTERM, 138 for
-SIGUSR1), what a shell reports for a process the signal killed, so job scripts that requeue on it
-keep working.
+per update; the loop already waits for each loss value), so all stop at the same update. The
+process then exits with status 128 + the signal's number (143 for SIGTERM, 138 for SIGUSR1), what a
+shell reports for a process the signal killed, so job scripts that requeue on it keep working.
 
 `SkippingSampler` wraps a loader's sampler so that an epoch can start `skip` indices into the
 order the sampler draws for it: a resumed epoch sees exactly the samples the stopped one had not.
@@ -78,8 +78,11 @@ class SkippingSampler(Sampler):
         return max(0, len(self.sampler) - self.skip)
 
 
-def skipping_sampler(loader) -> SkippingSampler:
-    """Put a SkippingSampler under `loader`'s batches (a DataLoader or timm's PrefetchLoader)."""
+def skipping_sampler(loader) -> Optional[SkippingSampler]:
+    """Put a SkippingSampler under `loader`'s batches (a DataLoader or timm's PrefetchLoader); None for
+    a streamed dataset (`--dataset wds/...`), which has no sampler to resume inside an epoch."""
     batch_sampler = loader.batch_sampler
+    if batch_sampler is None or getattr(batch_sampler, 'sampler', None) is None:
+        return None
     batch_sampler.sampler = SkippingSampler(batch_sampler.sampler)
     return batch_sampler.sampler

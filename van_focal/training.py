@@ -56,11 +56,16 @@ def resolve_resume_auto(args) -> None:
         _logger.info(f'--resume auto: {"continuing from " + last if args.resume else "no " + last + ", starting afresh"}.')
 
 
-def resume_within_epoch(args, epoch: int, num_batches: int) -> Optional[Dict[str, float]]:
-    """The position inside `epoch` saved in `args.resume` by a stop, if the loader still has that order."""
+def resume_within_epoch(args, epoch: int, num_batches: int, epoch_tail) -> Optional[Dict[str, float]]:
+    """The position inside `epoch` saved in `args.resume` by a stop, if the loader (its `epoch_tail`
+    SkippingSampler) can start there in the same order."""
     with checkpoint_loading(args.resume, args.model):
         position = resume_position(args.resume)
     if not position or position['epoch'] != epoch:
+        return None
+    if epoch_tail is None:
+        _logger.warning(f'{args.resume} stopped inside epoch {epoch}; a streamed dataset cannot start there, '
+                        'so the epoch restarts from its beginning.')
         return None
     if (position['batch_size'], position['world_size']) != (args.batch_size, args.world_size) \
             or position['batches_done'] > num_batches:
