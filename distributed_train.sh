@@ -16,12 +16,6 @@ REPO=$(cd "$(dirname "$0")" && pwd)
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
-RENDEZVOUS=(--node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}")
-if [ "${MAX_RESTARTS:-0}" != 0 ]; then
-    # The default (static) rendezvous keeps one store across restarts, and a restarted group can read its
-    # predecessor's stale addresses and fail to connect; the c10d rendezvous starts each round afresh.
-    RENDEZVOUS=(--rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}"
-                --rdzv-id="${RDZV_ID:-van_focal}")
-fi
-exec "$PYTHON" -m torch.distributed.run --nnodes="${NNODES:-1}" "${RENDEZVOUS[@]}" \
+exec "$PYTHON" -m torch.distributed.run --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}" \
     --max-restarts="${MAX_RESTARTS:-0}" --nproc_per_node="$NUM_PROC" "$REPO/train.py" "$@"

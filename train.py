@@ -35,7 +35,7 @@ from van_focal.checkpoint import checkpoint_loading
 from van_focal.cli import UsageError, add_model_input_args, check_model_name, parse_args, run_main
 from van_focal.data import build_dataset, check_num_classes, class_folders, find_split
 from van_focal.evaluate import evaluate
-from van_focal.preemption import StopSignals, skipping_sampler
+from van_focal.preemption import StopSignals, restartable_init_method, skipping_sampler
 from van_focal.training import (AtomicCheckpointSaver, check_finite, check_training_flags, plot_summary,
                                 resolve_resume_auto, resume_within_epoch, seed_epoch)
 
@@ -317,6 +317,7 @@ def main():
     args.device = devices.resolve_device_name(args.device)
     args.dist_backend = devices.dist_backend(args.device)
     args.grad_accum_steps = max(1, args.grad_accum_steps)
+    args.dist_url = restartable_init_method()
     device = utils.init_distributed_device(args)
     devices.set_fast_math(device)
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')

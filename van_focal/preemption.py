@@ -7,6 +7,10 @@ per update; the loop already waits for each loss value), so all stop at the same
 process then exits with status 128 + the signal's number (143 for SIGTERM, 138 for SIGUSR1), what a
 shell reports for a process the signal killed, so job scripts that requeue on it keep working.
 
+`restartable_init_method()` is for torchrun's `--max-restarts`: each restart of the process group
+gets its own keys in torchrun's store, so the new processes never read the addresses their killed
+predecessors left there and fail to connect (pytorch/pytorch#167288).
+
 `SkippingSampler` wraps a loader's sampler so that an epoch can start `skip` indices into the
 order the sampler draws for it: a resumed epoch sees exactly the samples the stopped one had not.
 """
@@ -19,11 +23,29 @@ from typing import Iterator, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import _rendezvous_handlers, register_rendezvous_handler, rendezvous
 from torch.utils.data import Sampler
 
 _logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+RESTART_COUNT = 'TORCHELASTIC_RESTART_COUNT'  # set by torchrun in every process it starts
+
+
+def _per_restart_rendezvous(url: str, timeout=None, **kwargs):
+    """torch's env:// rendezvous, its store narrowed to the keys of this torchrun restart."""
+    store, rank, world_size = next(rendezvous('env://', **({'timeout': timeout} if timeout else {}), **kwargs))
+    yield dist.PrefixStore(f'restart{os.environ.get(RESTART_COUNT, "0")}', store), rank, world_size
+    raise RuntimeError('restartable:// cannot re-rendezvous')
+
+
+def restartable_init_method() -> Optional[str]:
+    """`init_method` for torch.distributed under torchrun (None elsewhere: the default env:// is right)."""
+    if RESTART_COUNT not in os.environ:
+        return None
+    if 'restartable' not in _rendezvous_handlers:
+        register_rendezvous_handler('restartable', _per_restart_rendezvous)
+    return 'restartable://'
 
 
 class StopSignals:
