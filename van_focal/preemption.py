@@ -52,7 +52,8 @@ class StopSignals:
     """Records SIGTERM / SIGUSR1 instead of dying; `agreed()` tells every process whether to stop."""
 
     def __init__(self, distributed: bool, device: torch.device = torch.device('cpu')):
-        self.signum = 0
+        self.received = 0  # the signal this process got; written only by the handler
+        self.signum = 0  # the signal the processes agreed on
         self.position: Optional[dict] = None  # where the epoch stopped, set by the training loop
         self.distributed = distributed
         self.device = device
@@ -60,13 +61,15 @@ class StopSignals:
             signal.signal(signum, self._record)
 
     def _record(self, signum, _frame) -> None:
-        self.signum = signum  # no logging here: the handler may interrupt a log call holding its lock
+        self.received = signum  # no logging here: the handler may interrupt a log call holding its lock
 
     def agreed(self) -> bool:
         """Whether any process has received a stop signal; the same answer on every process."""
         if not self.distributed:
+            self.signum = self.received
             return bool(self.signum)
-        flag = torch.tensor([float(self.signum)], device=self.device)  # float: every backend reduces it
+        # A signal arriving during the all-reduce sets `received` only, so the next call still sees it.
+        flag = torch.tensor([float(self.received)], device=self.device)  # float: every backend reduces it
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self.signum = int(flag.item())
         return bool(self.signum)
