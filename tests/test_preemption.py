@@ -119,3 +119,14 @@ def test_position_checkpoint_restores_the_loss_scaler(tmp_path):
                                verbose=False)
     resume_task_checkpoint(task2, str(tmp_path / 'last.pth.tar'), loss_scaler=fresh, log_info=False)
     assert fresh.state_dict()['scale'] == 512.0
+
+
+def test_signal_during_the_all_reduce_is_kept_for_the_next_update(monkeypatch):
+    stop = StopSignals(distributed=True)
+
+    def signalled_meanwhile(flag, op):  # the other processes had nothing; our signal lands while we wait
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(torch.distributed, 'all_reduce', signalled_meanwhile)
+    assert not stop.agreed()
+    monkeypatch.setattr(torch.distributed, 'all_reduce', lambda flag, op: None)
+    assert stop.agreed() and stop.exit_status == 143
