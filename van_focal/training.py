@@ -115,7 +115,7 @@ class AtomicCheckpointSaver(utils.CheckpointSaver):
 
     `save_position` writes only `last`, holding a position inside an epoch (see `resume_position`).
     """
-    position = None  # while save_position writes: {'epoch', 'batches_done', 'loss_sum', 'loss_count'}
+    position = None  # while save_position writes: epoch, batches_done, batch_size, world_size, loss_sum, loss_count
 
     def _save(self, save_path, epoch, metric=None):
         super()._save(save_path, epoch, metric)
