@@ -36,9 +36,11 @@ from van_focal import finetune, run_checks, run_info
 from van_focal.checkpoint import checkpoint_loading
 from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, add_named_dataset_args,
                            check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main)
-from van_focal.data import build_dataset, class_folders, find_split
+from van_focal.data import build_dataset, check_num_classes, class_folders, find_split
 from van_focal.evaluate import evaluate
-from van_focal.training import AtomicCheckpointSaver, check_finite, plot_summary, seed_epoch
+from van_focal.preemption import StopSignals, restartable_init_method, skipping_sampler
+from van_focal.training import (AtomicCheckpointSaver, check_finite, check_training_flags, plot_summary,
+                                resolve_resume_auto, resume_within_epoch, seed_epoch)
 
 _logger = logging.getLogger('train')
 
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--pretrained-path', default=None, metavar='PATH',
                        help='load this file as the pretrained weights (head re-initialised if the class count differs)')
     group.add_argument('--initial-checkpoint', default='', metavar='PATH')
-    group.add_argument('--resume', default='', metavar='PATH', help='continue this run (model, optimizer, EMA, epoch)')
+    group.add_argument('--resume', default='', metavar='PATH',
+                       help='continue this run (model, optimizer, EMA, epoch, position in the epoch); '
+                            '"auto": the --experiment folder\'s last.pth.tar if there is one')
     group.add_argument('--no-resume-opt', action='store_true')
     add_model_input_args(group)
     group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
@@ -167,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--output', default='', help='parent folder of the run folders (default: ./output/train)')
     group.add_argument('--experiment', default='', help='run folder name (default: date-model-size)')
     group.add_argument('--checkpoint-hist', type=int, default=10)
-    group.add_argument('--recovery-interval', type=int, default=0, help='updates between recovery checkpoints')
+    group.add_argument('--recovery-interval', type=int, default=0, help='also write last.pth.tar every N updates, resumable at that update')
     group.add_argument('--eval-metric', default='top1')
     group.add_argument('--log-interval', type=int, default=50)
     group.add_argument('--log-wandb', action='store_true')
@@ -213,7 +217,8 @@ def build_loaders(args, data_config, device):
 
 
 def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir,
-                    saver=None):
+                    stop, saver=None, position=None):
+    """One epoch, or its rest after `position`; on an agreed stop signal, `stop.position` says where it ended."""
     model = task.get_trainable_module()
     model.train()
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
@@ -222,14 +227,17 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         if loader.mixup_fn is not None:
             loader.mixup_fn.mixup_enabled = False
     accum = args.grad_accum_steps
-    updates_per_epoch = (len(loader) + accum - 1) // accum
-    num_updates = epoch * updates_per_epoch
-    losses, data_time = devices.LossMeter(), utils.AverageMeter()  # no host sync per step
+    start_batch = position['batches_done'] if position else 0
+    num_batches = start_batch + len(loader)
+    updates_per_epoch = (num_batches + accum - 1) // accum
+    num_updates = start_update = epoch * updates_per_epoch + (start_batch + accum - 1) // accum
+    losses = devices.LossMeter(position['loss_sum'], position['loss_count']) if position else devices.LossMeter()
+    data_time = utils.AverageMeter()
     start = data_start = time.time()
     samples = 0
     optimizer.zero_grad()
-    for batch_idx, (input, target) in enumerate(loader):
-        last_batch = batch_idx == len(loader) - 1
+    for batch_idx, (input, target) in enumerate(loader, start_batch):
+        last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % accum == 0
         if args.no_prefetcher:
             input, target = input.to(device), target.to(device)
@@ -263,18 +271,26 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
         task.update_ema(step=num_updates)
         lr_scheduler.step_update(num_updates=num_updates)  # timm's update-stepped schedules ignore the metric
         update_idx = batch_idx // accum
-        if saver is not None and args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
-            saver.save_recovery(epoch, batch_idx=update_idx)
         if update_idx % args.log_interval == 0 or last_batch:
             check_finite(losses, epoch, output_dir)
             devices.synchronize(device)
             elapsed = time.time() - start
-            eta = elapsed / (update_idx + 1) * (updates_per_epoch - update_idx - 1)
+            eta = elapsed / (num_updates - start_update) * (updates_per_epoch - update_idx - 1)
             lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
             if utils.is_primary(args):
                 _logger.info(f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch}]  Loss: {losses.val:#.3g} '
                              f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / elapsed:>7.1f} img/s  '
                              f'Data: {data_time.avg:.3f}s  ETA: {eta:.0f}s')
+        recovery_due = args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0
+        if stop.agreed(num_updates) or recovery_due:
+            check_finite(losses, epoch, output_dir)  # steps since the last check must not reach the disk
+            position = dict(epoch=epoch, batches_done=batch_idx + 1, batch_size=args.batch_size,
+                            world_size=args.world_size, loss_sum=losses.sum, loss_count=losses.count)
+            if stop.signum:
+                stop.position = position
+                break
+            if saver is not None:
+                saver.save_position(position)
         data_start = time.time()
 
     loss_avg = losses.avg
@@ -319,7 +335,9 @@ def build_train_model(args, device: torch.device) -> nn.Module:
     if args.class_map:
         args.class_names = run_info.class_names_from_map(args.class_map, args.data)
     elif not args.dataset:
-        args.class_names = class_folders(find_split(args.data, args.train_split, '--train-split'))
+        split_dir = find_split(args.data, args.train_split, '--train-split')
+        args.class_names = class_folders(split_dir)
+        args.num_classes = check_num_classes(args.num_classes, args.class_names, split_dir)
     if args.num_classes is None and args.class_names:
         args.num_classes = len(args.class_names)
     args.in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
@@ -370,18 +388,22 @@ def main(argv=None):
     parser = build_parser()
     args = parse_args(parser, argv)
     args.data, args.class_names = data_root(args), None
+    resolve_resume_auto(args)
     if args.resume:
         saved = run_info.read_saved_args(args.resume, args.trust_checkpoint)
         run_info.restore_run_settings(args, saved, given_flags(parser, argv), args.resume)
     args_text = yaml.safe_dump(vars(args), default_flow_style=False)
     check_model_name(args.model)
+    check_training_flags(args)
     args.device = devices.resolve_device_name(args.device)
     args.dist_backend = devices.dist_backend(args.device)
     args.grad_accum_steps = max(1, args.grad_accum_steps)
+    args.dist_url = restartable_init_method()
     device = utils.init_distributed_device(args)
     devices.configure(device, args)
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
     utils.random_seed(args.seed, args.rank)
+    stop = StopSignals(args.distributed, device)
 
     model = build_train_model(args, device)
     data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
@@ -435,9 +457,12 @@ def main(argv=None):
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss'), updates_per_epoch=updates_per_epoch)
     start_epoch = args.start_epoch if args.start_epoch is not None else resume_epoch or 0
-    if start_epoch:
+    epoch_tail = skipping_sampler(loader_train)
+    position = resume_within_epoch(args, start_epoch, len(loader_train), epoch_tail) if args.resume else None
+    if start_epoch or position:
         if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+            done = (position['batches_done'] + args.grad_accum_steps - 1) // args.grad_accum_steps if position else 0
+            lr_scheduler.step_update(start_epoch * updates_per_epoch + done)
         else:
             lr_scheduler.step(start_epoch)
     if utils.is_primary(args):
@@ -451,8 +476,15 @@ def main(argv=None):
         seed_epoch(args.seed, epoch, args.rank)
         if hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
+        epoch_position = position if epoch == start_epoch else None
+        if epoch_tail is not None:
+            epoch_tail.skip = epoch_position['batches_done'] * args.batch_size if epoch_position else 0
         train_metrics = train_one_epoch(epoch, task, loader_train, optimizer, args, device, lr_scheduler, autocast,
-                                        loss_scaler, output_dir, saver)
+                                        loss_scaler, output_dir, stop, saver, epoch_position)
+        if stop.position is not None:
+            if saver is not None:
+                saver.save_position(stop.position)
+            stop.finish(f"after batch {stop.position['batches_done']} of epoch {epoch}", output_dir)
         if args.distributed and args.dist_bn:
             utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
         eval_metrics = None
@@ -470,6 +502,8 @@ def main(argv=None):
             saver.save_checkpoint(epoch, metric=metric)
             plot_summary(summary_csv, os.path.join(output_dir, 'summary.png'))
         lr_scheduler.step(epoch + 1, metric)
+        if epoch + 1 < num_epochs and stop.agreed():
+            stop.finish(f'at the end of epoch {epoch}', output_dir)
 
     if args.distributed:
         torch.distributed.destroy_process_group()

@@ -1,3 +1,4 @@
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,15 @@ FIXTURES = Path(__file__).parent / 'fixtures'
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers():
+    """train.main, run in-process, takes SIGTERM / SIGUSR1 over for its stop request; give them back to pytest."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,17 @@
 """Image-folder datasets (`ROOT/<split>/<class>/<image>`) that report what is wrong with the data.
 
+Real folders are messy: grayscale, CMYK, palette, RGBA and 16-bit images are converted to what they
+show (16-bit samples scaled to 8 bits, not clipped; alpha dropped, as timm does); hidden folders such
+as `.ipynb_checkpoints/` are no classes, and files that are no images (`.DS_Store`, `README.txt`) are
+ignored.
+
 Other `--dataset` kinds (`wds/...`, `hfds/...`, `torch/...`) go to timm's `create_dataset` unchanged.
 """
 import logging
 import os
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import ImageDataset, create_dataset
@@ -36,8 +42,9 @@ def find_split(root: str, split: str, flag: str) -> str:
 
 
 def class_folders(split_dir: str) -> List[str]:
-    """The class folder names of a split, refusing empty ones (they would silently shift the labels)."""
-    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    """The class folder names of a split (hidden folders are none), refusing empty ones (they would shift the labels)."""
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
+                     and not d.startswith('.'))
     if not classes:
         raise UsageError(f'{split_dir}: no class folders. Expected {split_dir}/<class>/<images>.')
     for name in classes:
@@ -46,6 +53,26 @@ def class_folders(split_dir: str) -> List[str]:
             raise UsageError(f'{folder}: empty class folder (no {"/".join(IMAGE_EXTENSIONS)} files). '
                              'Add its images or remove the folder.')
     return classes
+
+
+def check_num_classes(num_classes: Optional[int], classes: List[str], split_dir: str) -> int:
+    """`--num-classes`, or the number of class folders when not given; refuses fewer classes than folders."""
+    if num_classes is None:
+        return len(classes)
+    if num_classes < len(classes):
+        raise UsageError(f'--num-classes {num_classes} is less than the {len(classes)} class folders in {split_dir}: '
+                         f'labels up to {len(classes) - 1} would not fit. Drop --num-classes or remove folders.')
+    return num_classes
+
+
+def convert_image(img: Image.Image, mode: str) -> Image.Image:
+    """`img` in `mode`, keeping what it shows: 16-bit samples scaled to 8 bits (convert() would clip them
+    to white), palette transparency through RGBA (without the warning convert() gives)."""
+    if img.mode.startswith('I;16') or img.mode == 'I':
+        img = Image.fromarray((np.asarray(img, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+    elif img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')
+    return img.convert(mode)
 
 
 class CheckedImageDataset(ImageDataset):
@@ -62,7 +89,7 @@ class CheckedImageDataset(ImageDataset):
 
     def _decode(self, path: str) -> Image.Image:
         with Image.open(path) as img:
-            return img.convert(self.input_img_mode or 'RGB')  # decodes every pixel: truncation shows here
+            return convert_image(img, self.input_img_mode or 'RGB')  # decodes every pixel: truncation shows here
 
     def __getitem__(self, index):
         samples = self.reader.samples
@@ -104,7 +131,8 @@ def build_dataset(name: str, root: str, split: str, flag: str, is_training: bool
         class_to_idx = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in classes if c not in class_to_idx]
     if unknown:
-        raise UsageError(f'{split_dir} has classes that the training split lacks: {", ".join(unknown[:5])}.')
+        raise UsageError(f'{split_dir} has class folders that the training split lacks: {", ".join(unknown[:5])}. '
+                         'Their labels would be wrong: add them to the training split or remove them.')
     mode = kwargs.get('input_img_mode') or 'RGB'
     return CheckedImageDataset(split_dir, skip_bad_images=skip_bad_images, class_map=class_to_idx,
                                input_img_mode=mode)

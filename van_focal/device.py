@@ -343,14 +343,16 @@ class LossMeter:
     `val`, `avg` or `first_nonfinite()` does. The host reads them at log intervals only, because every host
     read stalls the queue of an accelerator."""
 
-    def __init__(self):
+    def __init__(self, total: float = 0., count: int = 0):
+        """`total` and `count`: the losses before the position a resumed epoch continues from."""
         self._sum = self._last = self._bad_step = self._bad_loss = None
-        self.count = 0
+        self._start_total = total
+        self.count = count
 
     def update(self, loss: torch.Tensor, n: int, step: int) -> None:
         loss = loss.detach().float()
         if self._sum is None:
-            self._sum = torch.zeros((), device=loss.device)
+            self._sum = torch.full((), self._start_total, device=loss.device)
             self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
             self._bad_loss = torch.zeros((), device=loss.device)
         first_bad = ~torch.isfinite(loss) & (self._bad_step < 0)
@@ -365,8 +367,12 @@ class LossMeter:
         return self._last.item() if self._last is not None else 0.
 
     @property
+    def sum(self) -> float:
+        return self._sum.item() if self._sum is not None else self._start_total
+
+    @property
     def avg(self) -> float:
-        return self._sum.item() / self.count if self.count else 0.
+        return self.sum / self.count if self.count else 0.
 
     def first_nonfinite(self) -> Optional[Tuple[int, float]]:
         """(step, loss) of the first non-finite loss so far, or None."""
