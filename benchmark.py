@@ -73,7 +73,7 @@ def model_names(patterns: str) -> List[str]:
 def gmacs_per_image(model: nn.Module, img_size: int) -> float:
     """Multiply-accumulates of one forward pass on one image (meta device: nothing is computed)."""
     with torch.device('meta'):
-        meta_model = timm.create_model(model.default_cfg['architecture'], num_classes=model.num_classes)
+        meta_model = timm.create_model(model.default_cfg['architecture'], num_classes=model.num_classes).eval()
         with FlopCounterMode(display=False) as counter:
             meta_model(torch.empty(1, 3, img_size, img_size))
     return counter.get_total_flops() / 2 / 1e9
@@ -152,8 +152,7 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
 def _bench_in_this_process(name: str, modes: List[str], args) -> List[Dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(devices.resolve_device_name(args.device))
-    devices.set_fast_math(device)
+    device = devices.init_device(args)  # in the child too: current device, fast math, --amp-dtype default
     return [bench_model(name, mode, device, args) for mode in modes]
 
 

@@ -72,15 +72,20 @@ def test_left_out_flags_really_are_absent():
     assert not left_out() & ours
 
 
-def test_timm_flags_from_the_issue_work_in_a_run(tmp_path):
+def test_timm_flags_from_the_issue_work_in_a_run(tmp_path, monkeypatch):
     """The flags issue #15 found missing, in one short run: each reaches the part of timm that it sets."""
     from scripts import TINY_RUN, load, make_tiny_dataset
+    from van_focal.training import AtomicCheckpointSaver
+    positions, save_position = [], AtomicCheckpointSaver.save_position
+    monkeypatch.setattr(AtomicCheckpointSaver, 'save_position',
+                        lambda saver, position: positions.append(position) or save_position(saver, position))
     data = make_tiny_dataset(tmp_path / 'data')
     train.main([str(a) for a in [*TINY_RUN, '--data-dir', data, '--epochs', '1', '--no-aug', '--bce-loss', '--gp', 'max',
                                  '--in-chans', '3', '--input-img-mode', 'RGB', '--opt-kwargs', 'foreach=False',
                                  '--recovery-interval', '2', '--output', tmp_path, '--experiment', 'run']])
     run = tmp_path / 'run'
-    assert (run / 'recovery-0-1.pth.tar').exists()  # after update 2 of epoch 0
+    # --recovery-interval 2: last.pth.tar resumable after update 2 of the epoch's 3
+    assert [(p['epoch'], p['batches_done']) for p in positions] == [(0, 2)]
     args = load(run / 'last.pth.tar')['args']
     assert (args.gp, args.no_aug, args.bce_loss, args.opt_kwargs, args.data) == ('max', True, True, {'foreach': False},
                                                                                  str(data))

@@ -1,12 +1,11 @@
 """Issue #15's mistakes, each one clear line with the right advice (or, for a grayscale --input-size, a run
 that works); and the smaller inconsistencies: float noise, the help's metavar, benchmark's peak memory."""
 import json
-import logging
 import sys
 
 import pytest
 
-from scripts import REPO, TINY_RUN, make_tiny_dataset
+from scripts import REPO, TINY_RUN
 
 sys.path.insert(0, str(REPO))
 import benchmark  # noqa: E402
@@ -16,27 +15,6 @@ import validate  # noqa: E402
 from van_focal.cli import parse_args, run_main  # noqa: E402
 
 VALIDATE = ['--device', 'cpu', '--workers', '0']
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp('shapes'))
-
-
-@pytest.fixture(scope='module')
-def checkpoint(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp('runs')
-    train.main([str(a) for a in [data, *TINY_RUN, '--epochs', '1', '--output', out, '--experiment', 'run']])
-    return out / 'run' / 'last.pth.tar'
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging():
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for handler in [h for h in root.handlers if h not in before]:
-        root.removeHandler(handler)
 
 
 def error_of(main, argv, capsys) -> str:

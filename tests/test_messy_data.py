@@ -9,15 +9,10 @@ import timm
 import torch
 from PIL import Image
 
-from scripts import TINY_RUN, make_tiny_dataset
+from scripts import TINY_RUN
 from test_mistakes import _fresh_logging, fails, train_fails  # noqa: F401  (_fresh_logging: autouse fixture)
 import train
 from van_focal.data import build_dataset, convert_image
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp('shapes'))
 
 
 def _rgb(h, w, seed=0):

@@ -1,6 +1,5 @@
 """One clear message per mistake from train.py / validate.py: exit status 2, the path/flag/key named,
 no traceback. Most run in-process (fast); a few go through the command line to show the whole path."""
-import logging
 from fractions import Fraction
 import shutil
 import sys
@@ -8,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from scripts import REPO, TINY_RUN, load, make_tiny_dataset, run
+from scripts import REPO, TINY_RUN, load, run
 
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402
@@ -18,26 +17,11 @@ from van_focal.cli import run_main  # noqa: E402
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp('shapes'))
-
-
-@pytest.fixture(scope='module')
 def trained(data, tmp_path_factory):
     """A run folder after one epoch."""
     out = tmp_path_factory.mktemp('runs')
     run('train.py', data, *TINY_RUN, '--epochs', '1', '--output', out, '--experiment', 'run')
     return out / 'run'
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging():
-    """Each in-process run adds timm's log handler on the captured stderr of its test; drop it afterwards."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for handler in [h for h in root.handlers if h not in before]:
-        root.removeHandler(handler)
 
 
 def fails(script_main, argv, capsys, monkeypatch) -> str:

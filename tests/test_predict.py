@@ -1,7 +1,6 @@
 """`python -m van_focal.predict`: image files and folders in, top-k class names and probabilities out."""
 import csv
 import json
-import logging
 import sys
 
 import pytest
@@ -9,35 +8,13 @@ import timm
 import torch
 from timm.data import ImageNetInfo
 
-from scripts import REPO, TINY_DATA, TINY_RUN, make_tiny_dataset
+from scripts import REPO, TINY_DATA
 from van_focal import predict
 from van_focal.cli import run_main
 
 sys.path.insert(0, str(REPO))
-import train  # noqa: E402
 
 CLASSES = list(TINY_DATA['classes'])
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp('shapes'))
-
-
-@pytest.fixture(scope='module')
-def checkpoint(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp('runs')
-    train.main([str(a) for a in [data, *TINY_RUN, '--epochs', '1', '--output', out, '--experiment', 'run']])
-    return out / 'run' / 'last.pth.tar'
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging():
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for handler in [h for h in root.handlers if h not in before]:
-        root.removeHandler(handler)
 
 
 def test_files_and_folders_to_csv_json_and_table(data, checkpoint, tmp_path, capsys):

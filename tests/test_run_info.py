@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scripts import REPO, TINY_DATA, load, make_tiny_dataset
+from scripts import REPO, TINY_DATA, load
 
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402
@@ -18,20 +18,6 @@ from van_focal.cli import given_flags, run_main  # noqa: E402
 # Not TINY_RUN: these runs set their own size and batch, which resume and validate must find in the checkpoint.
 RUN = ['--model', 'van_b0', '--workers', '0', '--lr', '1e-3', '--warmup-epochs', '0', '--log-interval', '1',
        '--device', 'cpu']
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp('shapes'))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging():
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for handler in [h for h in root.handlers if h not in before]:
-        root.removeHandler(handler)
 
 
 def main_output(main, argv, capsys) -> str:

@@ -6,15 +6,10 @@ import sys
 
 import pytest
 
-from scripts import REPO, TINY_RUN, load, make_tiny_dataset, run
+from scripts import REPO, TINY_RUN, load, run
 
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp('shapes'))
 
 
 def test_train_then_validate(data, tmp_path):
