@@ -16,7 +16,8 @@ setup(
     install_requires=['torch>=2.4', 'torchvision', 'timm>=1.0.31,<1.1', 'pyyaml'],
     extras_require={
         'npu': ['torch-npu'],
-        'test': ['pytest'],
+        'test': ['pytest', 'onnx', 'onnxruntime', 'onnxscript'],
+        'export': ['onnx', 'onnxruntime', 'onnxscript'],
         'plot': ['matplotlib'],
     },
     license='Apache-2.0',

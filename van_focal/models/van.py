@@ -81,7 +81,7 @@ def dilated_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     channels_last_grad = x.requires_grad and x.is_contiguous(memory_format=torch.channels_last)
     # Exported graphs (torch.export, torch.onnx) keep the plain dilated conv: portable to any runtime, and
     # free of the sub-grid padding whose size guards would tie a dynamic-size program to some sizes.
-    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    exporting = getattr(torch.compiler, 'is_exporting', lambda: False)() or torch.jit.is_tracing()  # torch >= 2.5
     if x.device.type == 'cpu' and not channels_last_grad and not exporting:
         return _interleaved_dilated_conv(x, weight, bias, dilation)
     return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation, groups=x.shape[1])
