@@ -154,6 +154,7 @@ def _real_tensors():
 
 @register_notrace_function
 @torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
 def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     with _real_tensors():
@@ -162,6 +163,7 @@ def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window:
 
 @register_notrace_function
 @torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
 def focal_v2_tables(height: int, width: int, ws: int, topk: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     with _real_tensors():
