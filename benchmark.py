@@ -4,6 +4,7 @@
     python benchmark.py --model 'van_b*' --bench both
     python benchmark.py --model 'focal_*,focalv2_*' --bench infer --device cuda --amp --amp-dtype bfloat16 --channels-last
     python benchmark.py --model van_b2 --fuse --results-file bench.csv
+    python benchmark.py --model 'van_b*,focal_*,focalv2_*' --bench infer --onnx --device cpu --results-file onnx.csv
 
 For each model: parameters, GMACs per image (torch.utils.flop_counter), and per benchmark the median
 img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
@@ -11,6 +12,8 @@ achieved GFLOP/s (training counted as 3x the forward) against the device's dense
 and the peak memory (the allocator's peak on an accelerator; the process's peak resident memory
 on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
+With --onnx, inference is also exported to ONNX as `python -m van_focal.export` does and timed in
+onnxruntime (CPU) on the same input.
 """
 import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
@@ -19,7 +22,9 @@ import csv
 import json
 import logging
 import multiprocessing
+import os
 import statistics
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -31,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal.cli import UsageError, parse_args, run_main
+from van_focal.export import export, onnx_session
 
 _logger = logging.getLogger('benchmark')
 
@@ -50,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
     parser.add_argument('--fuse', action='store_true', help='inference on the fused model (timm reparameterize)')
+    parser.add_argument('--onnx', action='store_true', help='also export inference to ONNX and time it in onnxruntime (CPU)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     parser.add_argument('--iters', type=int, default=3, help='steps per timed run')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs; the median is reported')
@@ -144,6 +151,8 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
             optimizer.zero_grad(set_to_none=True)
 
     result.update(time_steps(step, device, args))
+    if args.onnx and mode == 'infer':
+        result.update(bench_onnx(model, x, args))
     result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
     result['peak_memory_mb'] = peak_memory_mb(device)
     return result
@@ -163,6 +172,26 @@ def bench_isolated(name: str, modes: List[str], args) -> List[Dict[str, Any]]:
         return pool.submit(_bench_in_this_process, name, modes, args).result()
 
 
+def bench_onnx(model: nn.Module, x: torch.Tensor, args) -> Dict[str, Any]:
+    """Export `model` (dynamo exporter, dynamic batch, and dynamic size where the model allows it), check it
+    in onnxruntime against PyTorch, and time onnxruntime on `x` with as many threads as torch uses."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'model.onnx')
+        size = tuple(x.shape[2:])
+        try:
+            differences = export(model, path, size, dynamic=True)
+            dynamic = 'batch, height, width'
+        except UsageError:  # Focal: one file per input size
+            differences = export(model, path, size, dynamic=False)
+            dynamic = 'batch'
+        session = onnx_session(path, torch.get_num_threads())
+        feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
+        timing = time_steps(lambda: session.run(None, feed), torch.device('cpu'), args)
+        return dict(onnx_exporter='torch.onnx dynamo', onnx_dynamic=dynamic, onnx_mb=round(os.path.getsize(path) / 2 ** 20, 1),
+                    onnx_max_rel_diff=float(f'{max(differences.values()):.2e}'), onnx_checked=' '.join(differences),
+                    onnx_img_per_sec=timing['img_per_sec'], onnx_latency_ms=timing['latency_ms'])
+
+
 def write_results(path: str, rows: List[Dict[str, Any]]) -> None:
     with open(path, 'w', newline='') as f:
         if path.endswith('.json'):
@@ -179,6 +208,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = devices.init_device(args)
+    if args.onnx and (device.type != 'cpu' or args.amp or args.torchcompile):
+        raise UsageError('--onnx times onnxruntime on the CPU in float32: use it with --device cpu, without --amp / --torchcompile.')
     modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
     matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')
@@ -191,6 +222,10 @@ def main():
             print(f"{name:<44} {mode:<5} {row['img_per_sec']:>9.2f} img/s  {row['latency_ms']:>9.1f} ms/batch  "
                   f"{row['param_count'] / 1e6:>6.2f} M params  {row['gmacs']:>6.2f} GMACs  "
                   f"{row['gflops_per_sec']:>8.1f} GFLOP/s ({100 * row['gflops_per_sec'] / matmul:.0f} % of matmul)  peak {row['peak_memory_mb']} MB", flush=True)
+            if 'onnx_img_per_sec' in row:
+                print(f"{'':<44} onnx  {row['onnx_img_per_sec']:>9.2f} img/s  {row['onnx_latency_ms']:>9.1f} ms/batch  "
+                      f"{row['onnx_mb']} MB, dynamic {row['onnx_dynamic']}, max relative difference "
+                      f"{row['onnx_max_rel_diff']:.1e} ({row['onnx_checked']})", flush=True)
     if args.results_file:
         write_results(args.results_file, rows)
 

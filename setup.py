@@ -17,7 +17,8 @@ setup(
     extras_require={
         # the set of requirements-npu.txt: torch_npu pins torch exactly; see the README for the install order
         'npu': ['torch-npu==2.14.0', 'torch==2.14.0', 'torchvision==0.29.0'],
-        'test': ['pytest'],
+        'test': ['pytest', 'onnx', 'onnxruntime', 'onnxscript'],
+        'export': ['onnx', 'onnxruntime', 'onnxscript'],
         'plot': ['matplotlib'],
     },
     license='Apache-2.0',

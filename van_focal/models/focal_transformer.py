@@ -15,6 +15,7 @@ stages expand their windows) follows the official rules for `img_size` (default 
 Official checkpoint keys map as `layers.i.downsample -> stages.(i+1).downsample`, `layers.i -> stages.i`,
 `head -> head.fc`; the index buffers the official code stores are dropped and recomputed.
 """
+import contextlib
 import logging
 import math
 import re
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
@@ -137,21 +139,36 @@ def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -
     return (torch.cat(indices, 1).to(device), *coords)
 
 
+@contextlib.contextmanager
+def _real_tensors():
+    """Build tables as ordinary CPU tensors: also inside a `torch.device('meta')` block, inside
+    `torch.inference_mode()` (the cache outlives the block, and training saves them for backward),
+    and untraced while torch.export / torch.onnx / torch.compile run the model on fake tensors or
+    torch.jit.trace records it (the cache outlives the trace; traced graphs take the tables as constants)."""
+    jit_tracing_state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        with _disable_current_modes(), torch.device('cpu'), torch.inference_mode(False):
+            yield
+    finally:
+        torch._C._set_tracing_state(jit_tracing_state)
+
+
 @register_notrace_function
 @torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
 def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    # Built on the CPU also inside a `torch.device('meta')` block, and as normal tensors also inside
-    # `torch.inference_mode()`: the cache outlives the block, and training saves them for backward.
-    with torch.device('cpu'), torch.inference_mode(False):
+    with _real_tensors():
         return _focal_v1_tables(height, width, ws, expand, focal_window, str(device))
 
 
 @register_notrace_function
 @torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
 def focal_v2_tables(height: int, width: int, ws: int, topk: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    with torch.device('cpu'), torch.inference_mode(False):
+    with _real_tensors():
         return _focal_v2_tables(height, width, ws, topk, str(device))
 
 
@@ -180,7 +197,9 @@ def _windows_to_map(x: torch.Tensor, nwh: int, nww: int, ws: int) -> torch.Tenso
     """(B, heads*nW, ws*ws, head_dim) attention output -> (B, nwh*ws, nww*ws, C) map."""
     B, _, _, head_dim = x.shape
     x = x.view(B, -1, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
-    return x.reshape(B, nwh * ws, nww * ws, -1)
+    # An explicit copy (reshape copies here anyway, except for one-window maps): otherwise torch.export
+    # records a view valid for the strides of the eager SDPA output only, not of its decomposition.
+    return x.clone(memory_format=torch.contiguous_format).view(B, nwh * ws, nww * ws, -1)
 
 
 def _gather_keys_values(qkv: torch.Tensor, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -189,8 +208,8 @@ def _gather_keys_values(qkv: torch.Tensor, index: torch.Tensor) -> Tuple[torch.T
     the result is already laid out for attention."""
     B, _, _, heads, head_dim = qkv.shape
     kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).index_select(3, index.view(-1))  # (2, B, heads, nW*S, head_dim)
-    k, v = kv.view(2, B, heads * index.shape[0], index.shape[1], head_dim).unbind(0)
-    return k, v
+    kv = kv.view(2, B, heads * index.shape[0], index.shape[1], head_dim)
+    return kv[0], kv[1]  # not unbind: the TorchScript-based ONNX exporter mistranslates it
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,

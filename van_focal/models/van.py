@@ -69,6 +69,11 @@ def _interleaved_dilated_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optio
     return y[:, :, :H, :W]
 
 
+@torch.jit.unused
+def _exporting() -> bool:
+    return getattr(torch.compiler, 'is_exporting', lambda: False)() or torch.jit.is_tracing()  # torch >= 2.5
+
+
 @register_notrace_function
 def dilated_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                            dilation: int) -> torch.Tensor:
@@ -80,7 +85,10 @@ def dilated_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     weights give the same outputs either way, up to float summation order.
     """
     channels_last_grad = x.requires_grad and x.is_contiguous(memory_format=torch.channels_last)
-    if x.device.type == 'cpu' and not channels_last_grad:
+    # Exported graphs (torch.export, torch.onnx) keep the plain dilated conv: portable to any runtime, and
+    # free of the sub-grid padding whose size guards would tie a dynamic-size program to some sizes.
+    exporting = not torch.jit.is_scripting() and _exporting()
+    if x.device.type == 'cpu' and not channels_last_grad and not exporting:
         return _interleaved_dilated_conv(x, weight, bias, dilation)
     return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation, groups=x.shape[1])
 
