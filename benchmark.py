@@ -18,8 +18,6 @@ onnxruntime (CPU) on the same input.
 import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import concurrent.futures
-import csv
-import json
 import logging
 import multiprocessing
 import os
@@ -35,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
-from van_focal.cli import UsageError, parse_args, run_main
+from van_focal.cli import UsageError, parse_args, run_main, write_results
 from van_focal.export import export, onnx_session
 
 _logger = logging.getLogger('benchmark')
@@ -151,10 +149,10 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
             optimizer.zero_grad(set_to_none=True)
 
     result.update(time_steps(step, device, args))
+    result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
+    result['peak_memory_mb'] = peak_memory_mb(device)  # before the ONNX export and session add their own
     if args.onnx and mode == 'infer':
         result.update(bench_onnx(model, x, args))
-    result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
-    result['peak_memory_mb'] = peak_memory_mb(device)
     return result
 
 
@@ -192,14 +190,6 @@ def bench_onnx(model: nn.Module, x: torch.Tensor, args) -> Dict[str, Any]:
                     onnx_img_per_sec=timing['img_per_sec'], onnx_latency_ms=timing['latency_ms'])
 
 
-def write_results(path: str, rows: List[Dict[str, Any]]) -> None:
-    with open(path, 'w', newline='') as f:
-        if path.endswith('.json'):
-            json.dump(rows, f, indent=2)
-            return
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main():
@@ -208,8 +198,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = devices.init_device(args)
-    if args.onnx and (device.type != 'cpu' or args.amp or args.torchcompile):
-        raise UsageError('--onnx times onnxruntime on the CPU in float32: use it with --device cpu, without --amp / --torchcompile.')
+    if args.onnx and (device.type != 'cpu' or args.amp or args.torchcompile or args.bench == 'train'):
+        raise UsageError('--onnx times onnxruntime inference on the CPU in float32: use it with --device cpu and '
+                         '--bench infer or both, without --amp / --torchcompile.')
     modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
     matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')

@@ -281,11 +281,14 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
                 _logger.info(f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch}]  Loss: {losses.val:#.3g} '
                              f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / elapsed:>7.1f} img/s  '
                              f'Data: {data_time.avg:.3f}s  ETA: {eta:.0f}s')
-        recovery_due = args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0
+        recovery_due = args.recovery_interval and num_updates % args.recovery_interval == 0
         if stop.agreed(num_updates) or recovery_due:
             check_finite(losses, epoch, output_dir)  # steps since the last check must not reach the disk
+            loss_sum = losses.sum
+            if args.distributed:  # every rank continues from the mean over ranks
+                loss_sum = utils.reduce_tensor(torch.tensor([loss_sum], device=device), args.world_size).item()
             position = dict(epoch=epoch, batches_done=batch_idx + 1, batch_size=args.batch_size,
-                            world_size=args.world_size, loss_sum=losses.sum, loss_count=losses.count)
+                            world_size=args.world_size, loss_sum=loss_sum, loss_count=losses.count)
             if stop.signum:
                 stop.position = position
                 break

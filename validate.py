@@ -11,8 +11,6 @@ Flag names follow timm's validate.py.
 """
 import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
-import csv
-import json
 import logging
 import os
 import time
@@ -28,7 +26,8 @@ import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
 from van_focal import run_info
 from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, add_named_dataset_args,
-                           check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main)
+                           check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main,
+                           write_results)
 from van_focal.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
 from van_focal.evaluate import evaluate
 
@@ -107,15 +106,6 @@ def model_weights_given(args) -> None:
                          '(or --random-weights to evaluate a randomly initialised model as a baseline).')
 
 
-def write_results(path: str, results: dict, results_format: str = '') -> None:
-    if (results_format or os.path.splitext(path)[1][1:]) == 'json':
-        with open(path, 'w') as f:
-            json.dump(results, f, indent=2)
-        return
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(results))
-        writer.writeheader()
-        writer.writerow(results)
 
 
 def main(argv=None):
@@ -124,7 +114,8 @@ def main(argv=None):
     args = parse_args(parser, argv)
     args.data, args.class_names = data_root(args), None
     saved = run_info.read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
-    run_info.fill_from_checkpoint(args, saved, given_flags(parser, argv), args.checkpoint)
+    given = given_flags(parser, argv)
+    run_info.fill_from_checkpoint(args, saved, given, args.checkpoint)
     args.model = args.model or 'van_b0'
     check_model_name(args.model)
     if args.class_map:
@@ -134,7 +125,7 @@ def main(argv=None):
     if args.fast_norm:
         set_fast_norm()
     root, split = split_location(args.data, args.split) if not args.dataset else (args.data, args.split)
-    resolve_num_classes(args, root, split, from_checkpoint='num_classes' in saved)
+    resolve_num_classes(args, root, split, from_checkpoint='num_classes' in saved and 'num_classes' not in given)
     model_weights_given(args)  # after the data checks: a wrong ROOT is the first thing to say
     model = run_info.rebuild_model(args)
     if args.reparam:

@@ -7,7 +7,7 @@ import torch.nn as nn
 from timm.models._features_fx import create_feature_extractor
 
 from van_focal.cli import UsageError
-from van_focal.export import TOLERANCE, create_export_model, export, main
+from van_focal.export import TOLERANCE, export, main
 from van_focal.models import focal_transformer
 
 VAN_SMALL = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_classes=10)

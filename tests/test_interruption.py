@@ -79,6 +79,19 @@ def test_kill_while_saving_leaves_the_previous_checkpoints(tmp_path, monkeypatch
         assert load(tmp_path / name)['epoch'] == 0
 
 
+def test_last_is_never_absent_while_replaced(tmp_path, monkeypatch):
+    """A kill between timm's unlink of last.pth.tar and its rename would leave no last.pth.tar at all."""
+    saver = _saver(tmp_path, nn.Linear(4, 2))
+    saver.save_checkpoint(0, metric=1.0)
+    unlinked = []
+    real_unlink = os.unlink
+    monkeypatch.setattr(os, 'unlink', lambda path, *a, **k: unlinked.append(str(path)) or real_unlink(path, *a, **k))
+    saver.save_checkpoint(1, metric=2.0)
+    saver.save_position(dict(epoch=2, batches_done=1, batch_size=1, world_size=1, loss_sum=1.0, loss_count=1))
+    assert not [p for p in unlinked if p.endswith('last.pth.tar')]
+    assert load(tmp_path / 'last.pth.tar')['saver']['position']['batches_done'] == 1
+
+
 def test_checkpoint_history_matches_the_disk(tmp_path):
     saver = _saver(tmp_path, nn.Linear(4, 2))
     for epoch, metric in enumerate([1.0, 3.0, 2.0, 0.5]):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from scripts import TINY_RUN
-from test_mistakes import fails, train_fails
+from test_mistakes import train_fails
 import train
 from van_focal.data import build_dataset, convert_image
 

@@ -70,6 +70,13 @@ def _raised_by_torch_load(error: BaseException) -> bool:
     return any(frame.filename.endswith('torch/serialization.py') for frame in traceback.extract_tb(error.__traceback__))
 
 
+def read_checkpoint_file(path: str, trusted: bool = False) -> Any:
+    """torch.load of `path` on the CPU, memory-mapped where the format allows it (zip files, not legacy ones)."""
+    with open(path, 'rb') as f:
+        is_zip = f.read(2) == b'PK'
+    return torch.load(path, map_location='cpu', weights_only=not trusted, mmap=is_zip)
+
+
 def _is_serialized_file(source: str) -> bool:
     """Whether `source` starts like a torch.save file (a zip archive, or a legacy pickle); True if unreadable."""
     try:

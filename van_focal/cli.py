@@ -5,10 +5,13 @@ overrides it. A user's mistake ends the program with one message and exit status
 bug keeps its traceback.
 """
 import argparse
+import csv
 import difflib
+import json
 import logging
+import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import timm
 import yaml
@@ -207,3 +210,16 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Close names: {', '.join(close)}." if close else " See timm.list_models('van*') and ('focal*')."
     raise UsageError(f"--model {name}: no such model.{hint}")
+
+
+def write_results(path: str, results: Union[Dict[str, Any], List[Dict[str, Any]]], results_format: str = '') -> None:
+    """`results` (one row, or a list of rows) as JSON, or as CSV with a header: by `results_format`, else by
+    the file's extension (--results-file / --results-format of timm's scripts)."""
+    rows = [results] if isinstance(results, dict) else results
+    with open(path, 'w', newline='') as f:
+        if (results_format or os.path.splitext(path)[1][1:]) == 'json':
+            json.dump(results, f, indent=2)
+            return
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -12,7 +12,7 @@ import torch
 from timm.models import get_pretrained_cfg
 
 from .models._helpers import unwrap_state_dict
-from .checkpoint import checkpoint_loading
+from .checkpoint import checkpoint_loading, read_checkpoint_file
 
 _logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def classifier_classes(state_dict: Dict[str, Any], classifier: str) -> Optional[
 def pretrained_path_kwargs(model_name: str, path: str, num_classes: Optional[int]) -> Dict[str, Any]:
     """`create_model` kwargs that load `path` as `model_name`'s pretrained weights, adapting the head."""
     with checkpoint_loading(path, model_name):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        checkpoint = read_checkpoint_file(path)
     cfg = get_pretrained_cfg(model_name)
     classifier = cfg.classifier if cfg is not None and isinstance(cfg.classifier, str) else 'head.fc'
     file_classes = classifier_classes(unwrap_state_dict(checkpoint), classifier)

@@ -9,8 +9,6 @@ class names; `--class-map FILE` (one name a line, in index order) overrides eith
 table on stdout, or `--results-file` as CSV or JSON.
 """
 import argparse
-import csv
-import json
 import logging
 import os
 from typing import Dict, List, Optional
@@ -23,8 +21,9 @@ from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset
 
 from . import device as devices
 from . import run_info
-from .cli import UsageError, add_model_input_args, check_model_name, given_flags, parse_args, run_main
-from .data import IMAGE_EXTENSIONS
+from .cli import (UsageError, add_model_input_args, check_model_name, given_flags, parse_args, run_main,
+                  write_results)
+from .data import IMAGE_EXTENSIONS, convert_image
 
 _logger = logging.getLogger('predict')
 
@@ -91,7 +90,7 @@ class ImageFiles(torch.utils.data.Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                return self.transform(img.convert(self.mode))
+                return self.transform(convert_image(img, self.mode))
         except (OSError, SyntaxError, ValueError) as e:
             raise UsageError(f'{path}: cannot decode this image ({e}).') from None
 
@@ -119,14 +118,6 @@ def predict(model: nn.Module, files: List[str], data_config: Dict, names: List[s
     return rows
 
 
-def write_results(path: str, rows: List[Dict], results_format: str = '') -> None:
-    with open(path, 'w', newline='') as f:
-        if (results_format or os.path.splitext(path)[1][1:]) == 'json':
-            json.dump(rows, f, indent=2)
-            return
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def print_table(rows: List[Dict], topk: int) -> None:
@@ -151,7 +142,7 @@ def main(argv=None):
     if args.num_classes is None and names:
         args.num_classes = len(names)
     files = image_files(args.inputs)
-    device = torch.device(devices.resolve_device_name(args.device))
+    device = devices.init_device(args)
     model = run_info.rebuild_model(args).to(device).eval()
     data_config = run_info.data_config_for(args, model, saved)
     rows = predict(model, files, data_config, class_names(model, names), args.topk, args, device)

@@ -19,7 +19,7 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.data.readers.class_map import load_class_map
 
-from .checkpoint import checkpoint_loading, load_checkpoint
+from .checkpoint import checkpoint_loading, load_checkpoint, read_checkpoint_file
 from .cli import UsageError
 
 _logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ NOT_RESTORED = {
 def read_saved_args(path: str, trusted: bool = False) -> Dict[str, Any]:
     """The run settings stored in checkpoint `path` (its `args`), or {} when it has none (e.g. bare weights)."""
     with checkpoint_loading(path):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=not trusted, mmap=True)
+        checkpoint = read_checkpoint_file(path, trusted)
     saved = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     return dict(vars(saved)) if isinstance(saved, argparse.Namespace) else {}
 

@@ -124,6 +124,9 @@ class AtomicCheckpointSaver(utils.CheckpointSaver):
         super()._save(save_path, epoch, metric)
         _fsync_file(save_path)
 
+    def _replace(self, src, dst):
+        os.replace(src, dst)  # atomic; timm unlinks dst first (for Windows), leaving a moment with no file
+
     def _duplicate(self, src, dst):
         partial = f'{dst}.partial'
         try:
