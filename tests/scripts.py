@@ -4,9 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from van_focal.checkpoint import allow_training_configs
+from van_focal.cli import run_main
 from van_focal.shapes import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +41,15 @@ def run(script: str, *args, check: bool = True, env_extra: dict = None) -> subpr
 def load(path: Path) -> dict:
     allow_training_configs()  # again: timm's own loading removes argparse.Namespace when it is done
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def error_of(main, argv, capsys) -> str:
+    """The one `error:` line (exit status 2, no traceback) of a script's main run in-process."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main([str(a) for a in argv]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    message = err[err.index('error: '):].strip()
+    assert len(message.splitlines()) == 1, message
+    return message

@@ -5,27 +5,18 @@ import sys
 
 import pytest
 
-from scripts import REPO, TINY_RUN
+from scripts import REPO, TINY_RUN, error_of
 
 sys.path.insert(0, str(REPO))
 import benchmark  # noqa: E402
 import train  # noqa: E402
 import validate  # noqa: E402
 
-from van_focal.cli import parse_args, run_main  # noqa: E402
+from van_focal.cli import parse_args  # noqa: E402
 
 VALIDATE = ['--device', 'cpu', '--workers', '0']
 
 
-def error_of(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda: main([str(a) for a in argv]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert 'Traceback' not in err
-    message = err[err.index('error: '):].strip()
-    assert len(message.splitlines()) == 1, message
-    return message
 
 
 def test_validate_missing_split(data, capsys):

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from scripts import REPO, TINY_DATA, load
+from scripts import REPO, TINY_DATA, error_of, load
 
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402
 import validate  # noqa: E402
 
 from van_focal import run_info  # noqa: E402
-from van_focal.cli import given_flags, run_main  # noqa: E402
+from van_focal.cli import given_flags  # noqa: E402
 
 # Not TINY_RUN: these runs set their own size and batch, which resume and validate must find in the checkpoint.
 RUN = ['--model', 'van_b0', '--workers', '0', '--lr', '1e-3', '--warmup-epochs', '0', '--log-interval', '1',
@@ -27,13 +27,6 @@ def main_output(main, argv, capsys) -> str:
     return captured.out + captured.err
 
 
-def error_of(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda: main([str(a) for a in argv]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert 'Traceback' not in err
-    return err[err.index('error: '):].strip()
 
 
 @pytest.fixture(scope='module')
