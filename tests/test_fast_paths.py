@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from conftest import golden, relative_error
 from scripts import REPO
-from van_focal.models.van import _interleaved_dilated_conv, dilated_depthwise_conv
+from van_focal.models._depthwise import depthwise_conv, interleaved_dilated_conv
 
 sys.path.insert(0, str(REPO))
 import benchmark  # noqa: E402
@@ -63,13 +63,13 @@ def test_interleaved_dilated_conv_is_the_dilated_conv(size, channels_last):
     if channels_last:
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     reference = conv(x)
-    out = _interleaved_dilated_conv(x, conv.weight, conv.bias, 3)
+    out = interleaved_dilated_conv(x, conv.weight, conv.bias, 3)
     assert out.shape == reference.shape and relative_error(out, reference) <= 1e-6
     grads = torch.autograd.grad(out.sum(), (x, conv.weight))
     reference_grads = torch.autograd.grad(reference.sum(), (x, conv.weight))
     for g, r in zip(grads, reference_grads):
         assert relative_error(g, r) <= 1e-5
-    assert relative_error(dilated_depthwise_conv(x, conv.weight, conv.bias, 3), reference) <= 1e-6
+    assert relative_error(depthwise_conv(x, conv.weight, conv.bias, 3), reference) <= 1e-6
 
 
 def test_benchmark_reports_every_field(tmp_path, monkeypatch, capsys):

@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, calculate_drop_path_rates
 from timm.models import (
-    checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function, reparameterize_model)
+    checkpoint_seq, generate_default_cfgs, register_model, reparameterize_model)
 from timm.models._features import feature_take_indices
 
+from ._depthwise import depthwise_conv
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 from .van_layouts import to_timm_layout
 
@@ -53,46 +53,6 @@ def _conv_with_affine_output(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.
     return fused
 
 
-def _interleaved_dilated_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], d: int) -> torch.Tensor:
-    """A depth-wise conv with dilation d and 'same' zero padding, computed as an undilated
-    conv on the d x d interleaved sub-grids of x (stacked into the batch).
-
-    Output pixel (i, j) only sees input pixels with the same (i mod d, j mod d), so each sub-grid is an
-    ordinary depth-wise conv with padding k // 2, with the same products and sums as the dilated conv.
-    """
-    B, C, H, W = x.shape
-    Hp, Wp = (H + d - 1) // d * d, (W + d - 1) // d * d
-    x = F.pad(x, (0, Wp - W, 0, Hp - H))  # zeros, as the padding of the dilated conv would be
-    x = x.reshape(B, C, Hp // d, d, Wp // d, d).permute(0, 3, 5, 1, 2, 4).reshape(B * d * d, C, Hp // d, Wp // d)
-    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=C)
-    y = y.reshape(B, d, d, C, Hp // d, Wp // d).permute(0, 3, 4, 1, 5, 2).reshape(B, C, Hp, Wp)
-    return y[:, :, :H, :W]
-
-
-@torch.jit.unused
-def _exporting() -> bool:
-    return getattr(torch.compiler, 'is_exporting', lambda: False)() or torch.jit.is_tracing()  # torch >= 2.5
-
-
-@register_notrace_function
-def dilated_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                           dilation: int) -> torch.Tensor:
-    """LKA's 7x7 depth-wise conv with dilation 3, through the fastest exact route for the input.
-
-    CPU (oneDNN) kernels for dilated depth-wise convs are several times slower than for plain ones, so on
-    the CPU the conv runs on interleaved sub-grids (`_interleaved_dilated_conv`), except when gradients
-    flow through a channels_last input, where oneDNN's own dilated backward is the faster one. The same
-    weights give the same outputs either way, up to float summation order.
-    """
-    channels_last_grad = x.requires_grad and x.is_contiguous(memory_format=torch.channels_last)
-    # Exported graphs (torch.export, torch.onnx) keep the plain dilated conv: portable to any runtime, and
-    # free of the sub-grid padding whose size guards would tie a dynamic-size program to some sizes.
-    exporting = not torch.jit.is_scripting() and _exporting()
-    if x.device.type == 'cpu' and not channels_last_grad and not exporting:
-        return _interleaved_dilated_conv(x, weight, bias, dilation)
-    return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation, groups=x.shape[1])
-
-
 class LargeKernelAttention(nn.Module):
     """LKA: 5x5 depth-wise -> 7x7 depth-wise dilated 3 -> 1x1, used as a gate on the input."""
 
@@ -103,8 +63,9 @@ class LargeKernelAttention(nn.Module):
         self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = self.conv_spatial
-        return x * self.conv1(dilated_depthwise_conv(self.conv0(x), spatial.weight, spatial.bias, spatial.dilation[0]))
+        attn = depthwise_conv(x, self.conv0.weight, self.conv0.bias)
+        attn = depthwise_conv(attn, self.conv_spatial.weight, self.conv_spatial.bias, self.conv_spatial.dilation[0])
+        return x * self.conv1(attn)
 
 
 class SpatialAttention(nn.Module):
@@ -133,7 +94,7 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.dwconv(self.fc1(x))))
+        x = self.drop(self.act(depthwise_conv(self.fc1(x), self.dwconv.weight, self.dwconv.bias)))
         return self.drop(self.fc2(x))
 
 

@@ -1,0 +1,105 @@
+"""Exact alternative computations ("routes") of one step, the fastest chosen by measurement.
+
+Where a step can be computed in more than one exact way (a dilated depth-wise conv as oneDNN's dilated
+kernel or as plain convs on interleaved sub-grids; attention through `scaled_dot_product_attention` or
+as explicit matmuls), which way is faster depends on the CPU (AMD EPYC and Intel Xeon disagree), the
+shapes, the memory layout and whether gradients are needed. So, as `torch.backends.cudnn.benchmark` does,
+each route is timed on the first real inputs of every key (op, shapes, dtype, layout, needs-grad,
+device) and the fastest is used for that key from then on in this process.
+
+The routes of one op give the same values up to float summation order, like cuDNN's algorithms;
+`VAN_FOCAL_ROUTES=default` takes every op's first route without timing (reproducible run to run), and
+`forced` pins routes for tests. `chosen()` tells what was picked, for benchmark.py and the doctor.
+"""
+import contextlib
+import logging
+import os
+import statistics
+import time
+from typing import Any, Callable, Dict, Hashable, Iterator, Tuple
+
+import torch
+
+from . import device as devices
+
+_logger = logging.getLogger(__name__)
+
+_chosen: Dict[Tuple[str, Hashable], str] = {}
+_forced: Dict[str, str] = {}
+TIMED_ROUNDS = 3
+
+
+def layout(t: torch.Tensor) -> str:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return 'channels_last'
+    return 'contiguous' if t.is_contiguous() else 'strided'
+
+
+def key_of(*tensors: torch.Tensor, **extra: Hashable) -> Hashable:
+    """What a route choice depends on: each tensor's shape, dtype, layout, needs-grad and device, and `extra`."""
+    parts = tuple((tuple(t.shape), t.dtype, layout(t), t.requires_grad, t.device.type) for t in tensors)
+    return parts + tuple(sorted(extra.items()))
+
+
+def _measuring() -> bool:
+    return os.environ.get('VAN_FOCAL_ROUTES', 'measure') != 'default'
+
+
+def _seconds(route: Callable[[], Any], device: torch.device) -> float:
+    start = time.perf_counter()
+    route()
+    devices.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _fastest(routes: Dict[str, Callable[[], Any]], device: torch.device) -> str:
+    """Name of the route with the lowest median time over interleaved rounds, after one untimed call each."""
+    for route in routes.values():
+        route()
+    times = {name: [] for name in routes}
+    for _ in range(TIMED_ROUNDS):
+        for name, route in routes.items():
+            times[name].append(_seconds(route, device))
+    return min(times, key=lambda name: statistics.median(times[name]))
+
+
+def run(op: str, key: Hashable, routes: Dict[str, Callable[[], Any]], device: torch.device) -> Any:
+    """The result of the fastest of `routes` (callables of no arguments doing the same work) for `key`."""
+    name = _forced.get(op) if _forced.get(op) in routes else _chosen.get((op, key))
+    if name is None:
+        name = _fastest(routes, device) if _measuring() and len(routes) > 1 else next(iter(routes))
+        _chosen[(op, key)] = name
+        _logger.debug('route %s for %s %s', name, op, key)
+    return routes[name]()
+
+
+def chosen() -> Dict[str, Dict[str, int]]:
+    """{op: {route: number of keys it was chosen for}} in this process so far."""
+    summary: Dict[str, Dict[str, int]] = {}
+    for (op, _), name in _chosen.items():
+        summary.setdefault(op, {}).setdefault(name, 0)
+        summary[op][name] += 1
+    return summary
+
+
+def describe_chosen() -> str:
+    """'op: route xN, route xM; ...' for logs and benchmark rows."""
+    return '; '.join(f'{op}: ' + ', '.join(f'{name} x{n}' for name, n in sorted(counts.items()))
+                     for op, counts in sorted(chosen().items()))
+
+
+def clear() -> None:
+    _chosen.clear()
+
+
+@contextlib.contextmanager
+def forced(**op_routes: str) -> Iterator[None]:
+    """Use the named route of each op (`forced(dilated_dw_conv='interleaved')`) inside the block, untimed,
+    where the op offers it."""
+    previous = dict(_forced)
+    _forced.update(op_routes)
+    try:
+        yield
+    finally:
+        _forced.clear()
+        _forced.update(previous)
