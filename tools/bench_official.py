@@ -8,7 +8,8 @@ The official repositories are not part of van_focal: clone them yourself. For ea
 implementations get the same weights, the largest relative logit difference is printed, then
 inference (ours plain and fused) and an SGD training step are timed in interleaved rounds, each
 implementation in NCHW and in channels_last, and the best median of ours is compared with the best
-median of the official code.
+median of the official code. Also printed: the CPU, the routes our code's measurement picked
+(van_focal.routes), and at the end a Markdown table of the ratios for the README.
 """
 import argparse
 import importlib
@@ -22,6 +23,8 @@ import torch
 import torch.nn as nn
 
 import van_focal  # noqa: F401
+from van_focal import device as devices
+from van_focal import routes
 from van_focal.models import focal_transformer, van
 
 FOCAL_TINY = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, focal_pool='fc',
@@ -104,10 +107,13 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, 224, 224)
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, batch '
+    cpu = devices.cpu_name()
+    print(f'{cpu}; torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, batch '
           f'{args.batch_size}, 224x224, float32, median of {args.repeats} interleaved rounds')
+    table = []
     channels_last = x.contiguous(memory_format=torch.channels_last)
     for name in args.models.split(','):
+        routes.clear()
         official, ours = build_pair(name, args)
         official.eval(), ours.eval()
         with torch.inference_mode():
@@ -124,19 +130,36 @@ def main():
                 with torch.inference_mode():
                     line += f' (fused {float((fused(x) - reference).abs().max() / reference.abs().max()):.1e})'
                 steps['ours fused channels_last'] = infer_step(fused, channels_last)
-            line += '\n  inference: ' + report(interleaved(steps, args.batch_size, args.iters, args.repeats))
+            speed = interleaved(steps, args.batch_size, args.iters, args.repeats)
+            line += '\n  inference: ' + report(speed)
+            table.append(table_row(name, 'inference', speed, cpu, diff))
         if args.bench in ('train', 'both'):
             official.train(), ours.train()
             steps = {k: train_step(m, inp) for k, (m, inp) in variants.items()}
-            line += '\n  training step: ' + report(interleaved(steps, args.batch_size, 1, args.repeats))
-        print(line, flush=True)
+            speed = interleaved(steps, args.batch_size, 1, args.repeats)
+            line += '\n  training step: ' + report(speed)
+            table.append(table_row(name, 'training step', speed, cpu, diff))
+        print(line + f'\n  routes picked: {routes.describe_chosen() or "none"}', flush=True)
+    print('\n| model | | CPU | official img/s | ours img/s | ratio | max. relative logit difference |\n'
+          '| --- | --- | --- | ---: | ---: | ---: | ---: |\n' + '\n'.join(table))
+
+
+def best(speed: dict) -> dict:
+    return {who: max(v for k, v in speed.items() if k.startswith(who)) for who in ('official', 'ours')}
 
 
 def report(speed: dict) -> str:
     """img/s of every variant, then the best of ours over the best official."""
-    best = {who: max(v for k, v in speed.items() if k.startswith(who)) for who in ('official', 'ours')}
+    top = best(speed)
     return (', '.join(f'{k} {v:.2f}' for k, v in speed.items()) + f' img/s; best ours / best official '
-            f'{best["ours"] / best["official"]:.2f}x')
+            f'{top["ours"] / top["official"]:.2f}x')
+
+
+def table_row(name: str, mode: str, speed: dict, cpu: str, diff: float) -> str:
+    top = best(speed)
+    ours = max(speed, key=lambda k: speed[k] if k.startswith('ours') else -1)
+    return (f'| {name} | {mode} ({ours[len("ours "):] or "NCHW"}) | {cpu} | {top["official"]:.2f} | '
+            f'{top["ours"]:.2f} | {top["ours"] / top["official"]:.2f}x | {diff:.1e} |')
 
 
 if __name__ == '__main__':

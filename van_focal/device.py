@@ -299,7 +299,7 @@ def describe(device: torch.device) -> Dict[str, str]:
                     hf32=f'matmul allow_hf32={torch.npu.matmul.allow_hf32}, conv allow_hf32={torch.npu.conv.allow_hf32}',
                     tf32='n/a (CUDA only)')
     else:
-        info.update(name=_cpu_name(), count='1', memory=_cpu_memory(),
+        info.update(name=cpu_name(), count='1', memory=_cpu_memory(),
                     fp16='no (CPU autocast runs bfloat16)', bf16='yes', tf32='n/a', hf32='n/a',
                     threads=str(torch.get_num_threads()))
     if NPU_NOT_LOADED:
@@ -307,10 +307,14 @@ def describe(device: torch.device) -> Dict[str, str]:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model as lscpu names it, with ' (AVX-512)' where it has AVX-512: speed rules differ by both."""
     try:
         with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+            lines = f.read().splitlines()
+        name = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('model name'))
+        flags = next((line.split(':', 1)[1].split() for line in lines if line.startswith('flags')), [])
+        return name + (' (AVX-512)' if 'avx512f' in flags else '')
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
