@@ -11,12 +11,13 @@ from van_focal.cli import run_main
 def test_doctor_passes_on_the_cpu(capsys):
     assert doctor.main(['--device', 'cpu']) == 0
     out = capsys.readouterr().out
-    assert out.startswith('van_focal ') and 'all 12 checks passed' in out
+    assert out.startswith('van_focal ') and 'all 13 checks passed' in out
     for name in doctor.DEFAULT_MODELS:
         for dtype in ('float32', 'bfloat16'):
             assert f'{name} {dtype} fwd+bwd vs CPU fp32' in out
     assert 'loss scaler: overflow step skipped' in out and 'scale 65536 -> 32768' in out
     assert 'attention kernel' in out and 'scaled_dot_product_attention x' in out
+    assert 'routes picked' in out and 'dilated_dw_conv: ' in out
     for key in ('torch', 'torchvision', 'timm', 'torch-npu', 'memory', 'bf16', 'hf32', 'tf32'):
         assert f'\n{key}' in out
     block = out.split('Paste into a bug report:\n', 1)[1]

@@ -24,6 +24,7 @@ import timm  # noqa: E402
 
 import van_focal  # noqa: E402,F401  (registers the models)
 from van_focal.cli import UsageError, run_main  # noqa: E402
+from van_focal import routes  # noqa: E402
 from van_focal.models import _attention  # noqa: E402
 
 DEFAULT_MODELS = ('van_b0', 'focal_tiny_patch4_window7_224', 'focal_tiny_useconv_patch4_window7_224',
@@ -184,6 +185,7 @@ def run_checks(device: torch.device, models: List[str], all_reduce: bool) -> Lis
     for name in models:
         checks += check_model(name, device)
     checks.append(check_attention_kernel(device, dict(_attention.KERNELS_USED)))
+    checks.append(Check('routes picked', 'INFO', routes.describe_chosen() or 'none: one route on this device'))
     checks += check_loss_scaler(device)
     if all_reduce:
         checks.append(check_all_reduce(device))
