@@ -10,8 +10,8 @@ import torch.nn as nn
 
 from conftest import golden, relative_error
 from van_focal import routes
-from van_focal.models import _depthwise
 from van_focal.models._depthwise import depthwise_conv
+from van_focal.models._pointwise import PointwiseConv
 
 CPU = torch.device('cpu')
 
@@ -86,13 +86,33 @@ def test_every_depthwise_route_is_the_conv(forced_routes, channels_last):
             assert g.shape == e.shape and relative_error(g, e) <= 1e-5
 
 
+@pytest.mark.parametrize('route', ['onednn', 'gemm'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('bias', [True, False])
+def test_every_pointwise_route_is_the_conv(route, channels_last, bias):
+    conv = PointwiseConv(6, 10, bias=bias)
+    x = torch.randn(3, 6, 5, 7).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x.requires_grad_()
+    params = (x, conv.weight) + ((conv.bias,) if bias else ())
+    reference = nn.functional.conv2d(x, conv.weight, conv.bias)
+    grad = torch.randn_like(reference)
+    expected = torch.autograd.grad(reference, params, grad)
+    with routes.forced(pointwise_conv=route):
+        out = conv(x)
+        got = torch.autograd.grad(out, params, grad)
+    assert relative_error(out, reference) <= 1e-6
+    for g, e in zip(got, expected):
+        assert relative_error(g, e) <= 1e-6
+
+
 @pytest.mark.parametrize('forward_route', ['onednn', 'interleaved'])
-def test_official_logits_through_every_forward_route(forward_route):
+@pytest.mark.parametrize('pointwise_route', ['onednn', 'gemm'])
+def test_official_logits_through_every_forward_route(forward_route, pointwise_route):
     path, kwargs, x, logits = golden('van_tiny_cfg')
     model = timm.create_model('van_b0', embed_dims=kwargs['embed_dims'], depths=kwargs['depths'],
                               num_classes=kwargs['num_classes'])
     timm.models.load_checkpoint(model, str(path))
-    with routes.forced(dilated_dw_conv=forward_route), torch.no_grad():
+    with routes.forced(dilated_dw_conv=forward_route, pointwise_conv=pointwise_route), torch.no_grad():
         assert relative_error(model.eval()(x), logits) <= 1e-5
 
 
@@ -108,8 +128,8 @@ def test_measured_routes_train_as_the_plain_convs(monkeypatch):
         return [p.grad.clone() for p in model.parameters()]
 
     measured = grads()
-    assert set(routes.chosen()) == {'dilated_dw_conv', 'dw_conv_grad_input', 'dw_conv_grad_weight'}
-    monkeypatch.setattr(_depthwise, '_plain_conv_only', lambda: True)
+    assert set(routes.chosen()) == {'dilated_dw_conv', 'dw_conv_grad_input', 'dw_conv_grad_weight', 'pointwise_conv'}
+    monkeypatch.setattr(routes, 'capturing_graph', lambda: True)
     for got, expected in zip(measured, grads()):
         # gradients of the biases ahead of a BatchNorm are rounding noise (1e-9): absolute tolerance for those
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)

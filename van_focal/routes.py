@@ -41,6 +41,14 @@ def key_of(*tensors: torch.Tensor, **extra: Hashable) -> Hashable:
     return parts + tuple(sorted(extra.items()))
 
 
+@torch.jit.unused
+def capturing_graph() -> bool:
+    """Whether torch.compile, an exporter or the TorchScript tracer is recording: they get the plain op,
+    portable, free of timing, and free of shape-dependent padding that would guard a dynamic-size graph."""
+    return (torch.compiler.is_compiling() or getattr(torch.compiler, 'is_exporting', lambda: False)()
+            or torch.jit.is_tracing())
+
+
 def _measuring() -> bool:
     return os.environ.get('VAN_FOCAL_ROUTES', 'measure') != 'default'
 
@@ -63,14 +71,32 @@ def _fastest(routes: Dict[str, Callable[[], Any]], device: torch.device) -> str:
     return min(times, key=lambda name: statistics.median(times[name]))
 
 
-def run(op: str, key: Hashable, routes: Dict[str, Callable[[], Any]], device: torch.device) -> Any:
-    """The result of the fastest of `routes` (callables of no arguments doing the same work) for `key`."""
-    name = _forced.get(op) if _forced.get(op) in routes else _chosen.get((op, key))
+def choose(op: str, key: Hashable, timers: Dict[str, Callable[[], Any]], device: torch.device) -> str:
+    """Name of the fastest route for `key`, timing each route's timer (a callable of no arguments doing the
+    route's work) the first time the key is seen."""
+    name = _forced.get(op) if _forced.get(op) in timers else _chosen.get((op, key))
     if name is None:
-        name = _fastest(routes, device) if _measuring() and len(routes) > 1 else next(iter(routes))
+        name = _fastest(timers, device) if _measuring() and len(timers) > 1 else next(iter(timers))
         _chosen[(op, key)] = name
         _logger.debug('route %s for %s %s', name, op, key)
-    return routes[name]()
+    return name
+
+
+def run(op: str, key: Hashable, routes: Dict[str, Callable[[], Any]], device: torch.device) -> Any:
+    """The result of the fastest of `routes` (callables of no arguments doing the same work) for `key`."""
+    return routes[choose(op, key, routes, device)]()
+
+
+def forward_backward(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> Callable[[], Any]:
+    """A timer for a route used in training: `fn` on detached copies of `tensors` (keeping which need
+    gradients), then its backward; for routes whose cost is mostly in the backward."""
+    inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+
+    def timer():
+        with torch.enable_grad():
+            out = fn(*inputs)
+            out.backward(torch.ones_like(out))
+    return timer
 
 
 def chosen() -> Dict[str, Dict[str, int]]:

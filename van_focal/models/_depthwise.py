@@ -113,14 +113,6 @@ class _RoutedDepthwiseConv(torch.autograd.Function):
 
 
 @torch.jit.unused
-def _plain_conv_only() -> bool:
-    """Exporters, tracers and torch.compile see the plain conv: portable, and free of timing and of the
-    sub-grid padding whose size guards would tie a dynamic-size program to some sizes."""
-    return (torch.compiler.is_compiling() or getattr(torch.compiler, 'is_exporting', lambda: False)()
-            or torch.jit.is_tracing())
-
-
-@torch.jit.unused
 def _routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], d: int) -> torch.Tensor:
     if torch.is_autocast_enabled('cpu'):
         # Cast as autocast casts a conv, but outside the autograd function, whose backward must see one dtype.
@@ -135,6 +127,6 @@ def _routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 @register_notrace_function
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int = 1) -> torch.Tensor:
     """A depth-wise conv with stride 1 and 'same' zero padding (odd kernel), through the fastest exact route."""
-    if torch.jit.is_scripting() or x.device.type != 'cpu' or _plain_conv_only():
+    if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
         return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation, groups=x.shape[1])
     return _routed(x, weight, bias, dilation)

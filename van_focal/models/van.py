@@ -21,6 +21,7 @@ from timm.models._features import feature_take_indices
 
 from ._depthwise import depthwise_conv
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from ._pointwise import PointwiseConv
 from .van_layouts import to_timm_layout
 
 __all__ = ['VAN']
@@ -37,7 +38,7 @@ def _batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _conv_on_affine_input(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
     """A 1x1 conv equal to conv(x * scale + shift)."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1)
+    fused = PointwiseConv(conv.in_channels, conv.out_channels)
     weight = conv.weight[:, :, 0, 0]
     fused.weight.data = (weight * scale[None, :])[:, :, None, None]
     fused.bias.data = conv.bias + weight @ shift
@@ -46,8 +47,7 @@ def _conv_on_affine_input(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Ten
 
 def _conv_with_affine_output(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
     """A copy of conv whose output is conv(x) * scale + shift."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    fused = copy.deepcopy(conv)
     fused.weight.data = conv.weight * scale[:, None, None, None]
     fused.bias.data = conv.bias * scale + shift
     return fused
@@ -60,7 +60,7 @@ class LargeKernelAttention(nn.Module):
         super().__init__()
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
-        self.conv1 = nn.Conv2d(dim, dim, 1)
+        self.conv1 = PointwiseConv(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = depthwise_conv(x, self.conv0.weight, self.conv0.bias)
@@ -73,10 +73,10 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.proj_1 = PointwiseConv(dim, dim)
         self.activation = nn.GELU()
         self.spatial_gating_unit = LargeKernelAttention(dim)
-        self.proj_2 = nn.Conv2d(dim, dim, 1)
+        self.proj_2 = PointwiseConv(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
@@ -87,11 +87,11 @@ class ConvMlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.fc1 = PointwiseConv(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.fc2 = PointwiseConv(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(depthwise_conv(self.fc1(x), self.dwconv.weight, self.dwconv.bias)))
