@@ -7,11 +7,11 @@ twice. `replay` runs each distinct call alone on fresh random tensors of the sam
 The attainable rate is the captured FLOPs over the summed isolated times: what the model would reach if
 everything else (element-wise ops, norms, copies, gathers, the optimizer) took no time and its kernels ran
 as fast as alone. Since the same FLOPs divide both, the percentage reached is also the share of the step
-time that the kernels alone account for. Only aten ops are looked at, so this holds for any timm model.
+time that the kernels alone account for. Only aten ops are looked at, so this holds for any timm model;
+an op without a FLOP formula (torch_npu's fused attention, for one) counts with everything else.
 """
 import statistics
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -221,11 +221,13 @@ def measure(step: Callable[[], Any], device: torch.device, step_seconds: float, 
 
 def describe(row: Dict[str, Any]) -> str:
     """The roofline columns of a result row as a readable block."""
-    lines = [f"  roofline: {row['roofline_step_gflop']:.3g} GFLOP per step (counted: forward"
-             f"{' and backward' if row['bench'] == 'train' else ''}) at {row['roofline_achieved_gflops_per_sec']:.1f} "
-             f"GFLOP/s = {row['roofline_pct']:.0f} % of the {row['roofline_gflops_per_sec']} GFLOP/s its kernels reach "
-             f"alone; they alone take {row['roofline_kernel_ms']:.1f} of its {row['latency_ms']:.1f} ms, the rest is "
-             "everything else (element-wise, norms, copies) and the kernels' slowdown in context",
+    passes = 'forward and backward' if row['bench'] == 'train' else 'forward'
+    lines = [f"  roofline: {row['roofline_step_gflop']:.3g} GFLOP per step ({passes}) at "
+             f"{row['roofline_achieved_gflops_per_sec']:.1f} GFLOP/s = {row['roofline_pct']:.0f} % of the "
+             f"{row['roofline_gflops_per_sec']} GFLOP/s its FLOP-counted kernels reach alone",
+             f"  (alone they take {row['roofline_kernel_ms']:.1f} of the step's {row['latency_ms']:.1f} ms; the other "
+             f"{100 - row['roofline_pct']:.0f} % is everything else, element-wise ops, norms, copies, and the kernels' "
+             "slowdown in context)",
              f"  {'kernel class':<28} {'calls':>6} {'% FLOPs':>8} {'ms alone':>9} {'GFLOP/s':>8}"]
     for slug, name in KERNEL_CLASSES.items():
         if row.get(f'roofline_{slug}_calls'):
