@@ -5,6 +5,7 @@
     python benchmark.py --model 'focal_*,focalv2_*' --bench infer --device cuda --amp --amp-dtype bfloat16 --channels-last
     python benchmark.py --model van_b2 --fuse --results-file bench.csv
     python benchmark.py --model 'van_b*,focal_*,focalv2_*' --bench infer --onnx --device cpu --results-file onnx.csv
+    python benchmark.py --model van_b0,focal_tiny_patch4_window7_224 --bench both --channels-last --roofline
 
 For each model: parameters, GMACs per image (torch.utils.flop_counter), and per benchmark the median
 img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
@@ -13,7 +14,9 @@ and the peak memory (the allocator's peak on an accelerator; the process's peak 
 on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 With --onnx, inference is also exported to ONNX as `python -m van_focal.export` does and timed in
-onnxruntime (CPU) on the same input.
+onnxruntime (CPU) on the same input. With --roofline, the step's FLOP-counted kernels (convs, matmuls,
+attention) are timed alone at the model's own shapes, and its GFLOP/s reported as a percentage of theirs
+(van_focal/roofline.py).
 """
 import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
@@ -33,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
+from van_focal import roofline
 from van_focal.cli import UsageError, parse_args, run_main, write_results
 from van_focal.export import export, onnx_session
 
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
     parser.add_argument('--fuse', action='store_true', help='inference on the fused model (timm reparameterize)')
     parser.add_argument('--onnx', action='store_true', help='also export inference to ONNX and time it in onnxruntime (CPU)')
+    parser.add_argument('--roofline', action='store_true',
+                        help="also time the model's FLOP-counted kernels (convs, matmuls, attention) alone at its own "
+                             'shapes, and report its GFLOP/s as a percentage of their rate')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     parser.add_argument('--iters', type=int, default=3, help='steps per timed run')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs; the median is reported')
@@ -151,6 +158,8 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
     result.update(time_steps(step, device, args))
     result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
     result['peak_memory_mb'] = peak_memory_mb(device)  # before the ONNX export and session add their own
+    if args.roofline:
+        result.update(roofline.measure(step, device, result['latency_ms'] / 1e3, args.warmup, args.repeats))
     if args.onnx and mode == 'infer':
         result.update(bench_onnx(model, x, args))
     return result
@@ -201,6 +210,9 @@ def main():
     if args.onnx and (device.type != 'cpu' or args.amp or args.torchcompile or args.bench == 'train'):
         raise UsageError('--onnx times onnxruntime inference on the CPU in float32: use it with --device cpu and '
                          '--bench infer or both, without --amp / --torchcompile.')
+    if args.roofline and args.torchcompile:
+        raise UsageError('--roofline replays the eager aten calls of a step, which a compiled model does not make: '
+                         'use it without --torchcompile.')
     modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
     matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')
@@ -217,6 +229,8 @@ def main():
                 print(f"{'':<44} onnx  {row['onnx_img_per_sec']:>9.2f} img/s  {row['onnx_latency_ms']:>9.1f} ms/batch  "
                       f"{row['onnx_mb']} MB, dynamic {row['onnx_dynamic']}, max relative difference "
                       f"{row['onnx_max_rel_diff']:.1e} ({row['onnx_checked']})", flush=True)
+            if 'roofline_pct' in row:
+                print(roofline.describe(row), flush=True)
     if args.results_file:
         write_results(args.results_file, rows)
 

@@ -220,6 +220,6 @@ def write_results(path: str, results: Union[Dict[str, Any], List[Dict[str, Any]]
         if (results_format or os.path.splitext(path)[1][1:]) == 'json':
             json.dump(results, f, indent=2)
             return
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
