@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _disable_current_modes
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -212,6 +213,68 @@ def _gather_keys_values(qkv: torch.Tensor, index: torch.Tensor) -> Tuple[torch.T
     return kv[0], kv[1]  # not unbind: the TorchScript-based ONNX exporter mistranslates it
 
 
+def _gather_qkv_plain(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
+                      ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Window queries (B, heads*nW, ws*ws, head_dim) of the first height*width tokens of the
+    (B, N, 3, heads, head_dim) projection, as a (height, width) map zero-padded to whole windows,
+    and the keys and values of `_gather_keys_values`."""
+    B, _, _, heads, head_dim = qkv.shape
+    q = pad_to_windows(qkv[:, :height * width, 0].reshape(B, height, width, heads * head_dim), ws)
+    q = _map_to_windows(q, q.shape[1] // ws, q.shape[2] // ws, ws, heads)
+    return (q, *_gather_keys_values(qkv, index))
+
+
+class _GatherQKV(torch.autograd.Function):
+    """`_gather_qkv_plain` with a backward writing the gradients of q, k and v straight into ONE
+    zero-initialised gradient of the projection (a strided copy for q, `index_add_` for k and v),
+    where autograd's backward of the slices, selects and gather allocates and adds several
+    projection-sized zero tensors. The same sums in the same order."""
+
+    @staticmethod
+    def forward(ctx, qkv, index, height, width, ws):
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.height, ctx.width, ctx.ws = qkv.shape, height, width, ws
+        return _gather_qkv_plain(qkv, index, height, width, ws)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_q, grad_k, grad_v):
+        index, = ctx.saved_tensors
+        B, N, _, heads, head_dim = ctx.shape
+        H, W, ws = ctx.height, ctx.width, ctx.ws
+        nwh, nww = -(-H // ws), -(-W // ws)
+        grad = grad_q.new_zeros(ctx.shape)
+        windows = grad_q.view(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
+        grad_map = windows.reshape(B, nwh * ws, nww * ws, heads, head_dim)[:, :H, :W]
+        grad[:, :H * W, 0].view(B, H, W, heads, head_dim).copy_(grad_map)
+        for slot, grad_kv in ((1, grad_k), (2, grad_v)):
+            grad[:, :, slot].transpose(1, 2).index_add_(2, index.view(-1), grad_kv.reshape(B, heads, -1, head_dim))
+        return grad, None, None, None, None
+
+
+@torch.jit.unused
+def _plain_ops_only() -> bool:
+    """Exporters, tracers and torch.compile see plain ops (autograd Functions are opaque to some)."""
+    return (torch.compiler.is_compiling() or getattr(torch.compiler, 'is_exporting', lambda: False)()
+            or torch.jit.is_tracing())
+
+
+@torch.jit.unused
+def _gather_qkv_function(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
+                         ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _GatherQKV.apply(qkv, index, height, width, ws)
+
+
+@register_notrace_function
+def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
+               ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of every window (see `_gather_qkv_plain`); while training in eager
+    mode, through `_GatherQKV` for its backward."""
+    if torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or _plain_ops_only():
+        return _gather_qkv_plain(qkv, index, height, width, ws)
+    return _gather_qkv_function(qkv, index, height, width, ws)
+
+
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
                      scale: float) -> torch.Tensor:
     """Attention of every window's queries (B, heads*nW, L, D) to its keys and values (B, heads*nW, S, D)
@@ -291,10 +354,8 @@ class FocalAttention(nn.Module):
         # both carry the -100 mask, so their attention weight (~e^-100) is nil either way.
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C), x.new_zeros(B, 1, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        q = _map_to_windows(qkv[:, :H * W, 0], nwh, nww, ws, heads)
-
         index, pad_mask = focal_v1_tables(H, W, ws, self.expand, self.focal_window, x.device)
-        k, v = _gather_keys_values(qkv, index)
+        q, k, v = gather_qkv(qkv, index, H, W, ws)
         bias = self._position_bias().unsqueeze(1) + pad_mask[None, :, None, :]  # (heads, nW, L, S)
 
         out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
@@ -329,10 +390,8 @@ class FocalFastAttention(nn.Module):
         pooled = self.pool(pad_to_windows(x, ws, centred=True))  # the official v2 pads centred to pool
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        q = _map_to_windows(pad_to_windows(qkv[:, :H * W, 0].reshape(B, H, W, C), ws), nwh, nww, ws, heads)
-
         index, unique0, inverse0, unique1, inverse1 = focal_v2_tables(H, W, ws, self.topk, x.device)
-        k, v = _gather_keys_values(qkv, index)
+        q, k, v = gather_qkv(qkv, index, H, W, ws)
         biases = []
         for mlp, (unique, inverse) in zip(self.coord2rpb_all, ((unique0, inverse0), (unique1, inverse1))):
             table = mlp(unique.to(x.dtype))  # (U, heads): the MLP runs once per distinct coordinate
