@@ -5,7 +5,7 @@ the math path, fp32 scores even under AMP), `scaled_dot_product_attention` every
 
 On the CPU, `scaled_dot_product_attention` with a bias that needs a gradient runs its unfused math path,
 which adds a "safe softmax" (isneginf / all / where passes) and a separate mask addition; there the same
-sums as explicit matmuls (`baddbmm` adding the bias in the GEMM, softmax, `matmul`) can be faster. Which
+sums as explicit matmuls (`matmul`, in-place bias addition, softmax, `matmul`) can be faster. Which
 of the two routes is, is measured per shape and needs-grad (`van_focal.routes`, op `biased_attention`)."""
 from collections import Counter
 from typing import Callable, Optional
@@ -92,13 +92,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
 
 def _matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
              scale: float) -> torch.Tensor:
-    """softmax(scale * q k^T + bias) v as baddbmm (the bias, expanded over the batch, is the GEMM's
-    addend), softmax and matmul. No safe-softmax passes: Focal's masks are finite (-100), so no row is
-    all -inf."""
-    B, N, L, D = q.shape
-    S = k.shape[2]
-    addend = bias.expand(B, N, L, S).reshape(B * N, L, S)
-    scores = torch.baddbmm(addend, q.reshape(B * N, L, D), k.reshape(B * N, S, D).transpose(1, 2), alpha=scale)
-    attn = F.dropout(scores.softmax(-1), dropout_p) if dropout_p > 0 else scores.softmax(-1)
+    """softmax((scale * q) k^T + bias) v as matmul, in-place bias addition (broadcast over the batch),
+    softmax and matmul. No safe-softmax passes: Focal's masks are finite (-100), no row is all -inf."""
+    scores = torch.matmul(q * scale, k.transpose(-2, -1)).add_(bias)
+    attn = scores.softmax(-1)
+    if dropout_p > 0:
+        attn = F.dropout(attn, dropout_p)
     KERNELS_USED['matmuls'] += 1
-    return torch.bmm(attn, v.reshape(B * N, S, -1)).view(B, N, L, -1)
+    return torch.matmul(attn, v)
