@@ -10,16 +10,17 @@ from van_focal.models import focal_transformer
 from test_focal import GOLDEN, _small
 
 ATTENTION_ROUTES = ['sdpa', 'matmuls']
+POOL_ROUTES = ['einsum', 'strided_conv']
 SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), num_classes=10, drop_path_rate=0.)
 
 
-@pytest.mark.parametrize('route', ATTENTION_ROUTES)
+@pytest.mark.parametrize('route, pool', list(zip(ATTENTION_ROUTES, POOL_ROUTES)))
 @pytest.mark.parametrize('fixture', sorted(GOLDEN))
-def test_every_attention_route_gives_the_official_logits(fixture, route):
+def test_every_route_gives_the_official_logits(fixture, route, pool):
     path, kwargs, x, logits = golden(fixture)
     model = timm.create_model(GOLDEN[fixture], **_small(kwargs)).eval()
     timm.models.load_checkpoint(model, str(path), strict=True)
-    with routes.forced(biased_attention=route):
+    with routes.forced(biased_attention=route, window_pool=pool):
         with torch.no_grad():
             assert relative_error(model(x), logits) <= 1e-5
         # with gradients: another route key, and the q/k/v gather's autograd Function
@@ -67,5 +68,6 @@ def test_measured_route_is_cached_per_key():
     model = timm.create_model('focal_tiny_patch4_window7_224', **SMALL).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
-    chosen = routes.chosen()['biased_attention']
-    assert set(chosen) <= set(ATTENTION_ROUTES) and sum(chosen.values()) == 4  # one key per stage
+    for op, names in (('biased_attention', ATTENTION_ROUTES), ('window_pool', POOL_ROUTES)):
+        chosen = routes.chosen()[op]
+        assert set(chosen) <= set(names) and sum(chosen.values()) == 4  # one key per stage
