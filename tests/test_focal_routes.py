@@ -11,6 +11,7 @@ from test_focal import GOLDEN, _small
 
 ATTENTION_ROUTES = ['sdpa', 'matmuls']
 POOL_ROUTES = ['einsum', 'strided_conv']
+GRAD_ROUTES = ['buffer', 'in_place']
 SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), num_classes=10, drop_path_rate=0.)
 
 
@@ -45,12 +46,14 @@ def test_training_gradients_equal_the_plain_path(monkeypatch, name, size):
     with routes.forced(biased_attention='sdpa'), monkeypatch.context() as plain:
         _plain_gather(plain)
         reference = _gradients(model, x)
-    for route in ATTENTION_ROUTES:
-        with routes.forced(biased_attention=route):
+    routes.clear()
+    for forced in [dict(biased_attention=a, gather_kv_grad=g) for a, g in zip(ATTENTION_ROUTES, GRAD_ROUTES)] + [{}]:
+        with routes.forced(**forced):  # {}: measured, every route run several times on the first inputs
             got = _gradients(model, x)
         assert got.keys() == reference.keys()
         for n, g in got.items():
-            torch.testing.assert_close(g, reference[n], rtol=1e-4, atol=1e-6, msg=f'{route}: {n}')
+            torch.testing.assert_close(g, reference[n], rtol=1e-4, atol=1e-6, msg=f'{forced}: {n}')
+    assert set(routes.chosen()) == {'biased_attention', 'gather_kv_grad'}
 
 
 def test_gather_backward_adds_repeated_keys():
@@ -58,9 +61,12 @@ def test_gather_backward_adds_repeated_keys():
     qkv = torch.randn(2, 14 * 14 + 5, 3, 2, 4, dtype=torch.float64, requires_grad=True)
     index, _ = focal_transformer.focal_v1_tables(14, 14, 7, 3, 3, torch.device('cpu'))
     assert index.unique().numel() < index.numel()
-    ours = torch.autograd.grad([t.square().sum() for t in focal_transformer._GatherQKV.apply(qkv, index, 14, 14, 7)], qkv)
     plain = torch.autograd.grad([t.square().sum() for t in focal_transformer._gather_qkv_plain(qkv, index, 14, 14, 7)], qkv)
-    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
+    for route in GRAD_ROUTES:
+        with routes.forced(gather_kv_grad=route):
+            outputs = focal_transformer._GatherQKV.apply(qkv, index, 14, 14, 7)
+            ours = torch.autograd.grad([t.square().sum() for t in outputs], qkv)
+        torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
 
 
 def test_measured_route_is_cached_per_key():

@@ -241,16 +241,34 @@ class _GatherQKV(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_q, grad_k, grad_v):
         index, = ctx.saved_tensors
-        B, N, _, heads, head_dim = ctx.shape
-        H, W, ws = ctx.height, ctx.width, ctx.ws
-        nwh, nww = -(-H // ws), -(-W // ws)
-        grad = grad_q.new_zeros(ctx.shape)
-        windows = grad_q.view(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
-        grad_map = windows.reshape(B, nwh * ws, nww * ws, heads, head_dim)[:, :H, :W]
-        grad[:, :H * W, 0].view(B, H, W, heads, head_dim).copy_(grad_map)
+        args = (ctx.shape, grad_q, grad_k, grad_v, index, ctx.height, ctx.width, ctx.ws)
+        grad = routes.run('gather_kv_grad', routes.key_of(grad_q, grad_k, index), {
+            'buffer': lambda: _gather_qkv_grad(*args, through_buffer=True),
+            'in_place': lambda: _gather_qkv_grad(*args, through_buffer=False),
+        }, grad_q.device)
+        return grad, None, None, None, None
+
+
+def _gather_qkv_grad(shape: torch.Size, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
+                     index: torch.Tensor, height: int, width: int, ws: int, through_buffer: bool) -> torch.Tensor:
+    """The (B, N, 3, heads, head_dim) gradient of `_gather_qkv_plain`'s input: q's gradient copied back
+    from the windows, and each token's key/value gradient summed over its copies by `index_add_`, either
+    straight into the strided slots or into a contiguous buffer copied in afterwards."""
+    B, N, _, heads, head_dim = shape
+    nwh, nww = -(-height // ws), -(-width // ws)
+    grad = grad_q.new_zeros(shape)
+    windows = grad_q.view(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
+    grad_map = windows.reshape(B, nwh * ws, nww * ws, heads, head_dim)[:, :height, :width]
+    grad[:, :height * width, 0].view(B, height, width, heads, head_dim).copy_(grad_map)
+    if through_buffer:
+        buffer = grad.new_zeros(2, B * heads, N, head_dim)
+        for i, grad_kv in enumerate((grad_k, grad_v)):
+            buffer[i].index_add_(1, index.view(-1), grad_kv.reshape(B * heads, -1, head_dim))
+        grad[:, :, 1:].copy_(buffer.view(2, B, heads, N, head_dim).permute(1, 3, 0, 2, 4))
+    else:
         for slot, grad_kv in ((1, grad_k), (2, grad_v)):
             grad[:, :, slot].transpose(1, 2).index_add_(2, index.view(-1), grad_kv.reshape(B, heads, -1, head_dim))
-        return grad, None, None, None, None
+    return grad
 
 
 @torch.jit.unused
