@@ -1,4 +1,5 @@
-"""Focal's measured routes (attention as SDPA or explicit matmuls) and the q/k/v gather's own backward:
+"""Focal's measured routes (attention as SDPA or explicit matmuls, window pooling as einsum or a strided
+conv, linear layers as addmm or a 1x1 conv, the q/k/v gather's backward through a buffer or in place):
 every route gives the official logits, and a training step's gradients equal the plain path's."""
 import pytest
 import timm
@@ -12,16 +13,17 @@ from test_focal import GOLDEN, _small
 ATTENTION_ROUTES = ['sdpa', 'matmuls']
 POOL_ROUTES = ['einsum', 'strided_conv']
 GRAD_ROUTES = ['buffer', 'in_place']
+LINEAR_ROUTES = ['addmm', 'conv1x1']
 SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), num_classes=10, drop_path_rate=0.)
 
 
-@pytest.mark.parametrize('route, pool', list(zip(ATTENTION_ROUTES, POOL_ROUTES)))
+@pytest.mark.parametrize('route, pool, linear', list(zip(ATTENTION_ROUTES, POOL_ROUTES, LINEAR_ROUTES)))
 @pytest.mark.parametrize('fixture', sorted(GOLDEN))
-def test_every_route_gives_the_official_logits(fixture, route, pool):
+def test_every_route_gives_the_official_logits(fixture, route, pool, linear):
     path, kwargs, x, logits = golden(fixture)
     model = timm.create_model(GOLDEN[fixture], **_small(kwargs)).eval()
     timm.models.load_checkpoint(model, str(path), strict=True)
-    with routes.forced(biased_attention=route, window_pool=pool):
+    with routes.forced(biased_attention=route, window_pool=pool, linear=linear):
         with torch.no_grad():
             assert relative_error(model(x), logits) <= 1e-5
         # with gradients: another route key, and the q/k/v gather's autograd Function
@@ -74,6 +76,7 @@ def test_measured_route_is_cached_per_key():
     model = timm.create_model('focal_tiny_patch4_window7_224', **SMALL).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
-    for op, names in (('biased_attention', ATTENTION_ROUTES), ('window_pool', POOL_ROUTES)):
+    for op, names in (('biased_attention', ATTENTION_ROUTES), ('window_pool', POOL_ROUTES),
+                      ('linear', LINEAR_ROUTES)):
         chosen = routes.chosen()[op]
-        assert set(chosen) <= set(names) and sum(chosen.values()) == 4  # one key per stage
+        assert set(chosen) <= set(names) and sum(chosen.values()) >= 4  # at least one key per stage

@@ -306,6 +306,39 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     return attention_with_bias(q, k, v, mask, dropout_p, scale)
 
 
+@torch.jit.unused
+def _linear_routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return routes.run('linear', routes.key_of(x, weight), {
+        'addmm': lambda: F.linear(x, weight, bias),
+        'conv1x1': lambda: _linear_as_conv1x1(x, weight, bias),
+    }, x.device)
+
+
+@torch.jit.unused
+def _linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear as a 1x1 conv (oneDNN on the CPU, bias fused) of the tokens viewed as a channels-last column."""
+    tokens = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
+    out = F.conv2d(tokens, weight[:, :, None, None], bias)
+    return out.permute(0, 2, 3, 1).reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+@register_notrace_function
+def routed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear; in CPU inference through the faster of addmm (GEMM, then or before it a bias pass) and a
+    1x1 conv through oneDNN (bias fused), measured per shape. Training keeps F.linear (route timing sees
+    forwards only)."""
+    if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
+        return F.linear(x, weight, bias)
+    return _linear_routed(x, weight, bias)
+
+
+class RoutedLinear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) through `routed_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return routed_linear(x, self.weight, self.bias)
+
+
 class WindowPool(nn.Module):
     """The 'fc' focal pooling: a learned weighted sum over the ws x ws tokens of each window."""
 
@@ -315,32 +348,40 @@ class WindowPool(nn.Module):
         self.fc = nn.Linear(ws * ws, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
-            return self._einsum(x)
-        return self._routed(x)
+        return window_pool(x, self.fc.weight, self.fc.bias, self.ws)
 
-    @torch.jit.unused
-    def _routed(self, x: torch.Tensor) -> torch.Tensor:
-        # Inference on the CPU: the same weighted sums as a depth-wise conv of stride ws (one shared
-        # kernel) on the map viewed as channels-last NCHW, if measured faster. Training keeps the
-        # einsum: route timing sees forwards only, and oneDNN's weight gradient of this conv is slower.
-        return routes.run('window_pool', routes.key_of(x, ws=self.ws), {
-            'einsum': lambda: self._einsum(x),
-            'strided_conv': lambda: self._strided_conv(x),
-        }, x.device)
 
-    def _einsum(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        ws = self.ws
-        x = x.view(B, H // ws, ws, W // ws, ws, C)
-        weight = self.fc.weight.view(ws, ws)
-        return torch.einsum('bhiwjc,ij->bhwc', x, weight) + self.fc.bias
+def _pool_einsum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C)
+    return torch.einsum('bhiwjc,ij->bhwc', x, weight.view(ws, ws)) + bias
 
-    @torch.jit.unused
-    def _strided_conv(self, x: torch.Tensor) -> torch.Tensor:
-        C, ws = x.shape[-1], self.ws
-        weight = self.fc.weight.view(1, 1, ws, ws).expand(C, 1, ws, ws)
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, self.fc.bias.expand(C), stride=ws, groups=C).permute(0, 2, 3, 1)
+
+@torch.jit.unused
+def _pool_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    """The same weighted sums as a depth-wise conv of stride ws (one kernel shared by all channels)
+    on the map viewed as channels-last NCHW."""
+    C = x.shape[-1]
+    kernel = weight.view(1, 1, ws, ws).expand(C, 1, ws, ws)
+    return F.conv2d(x.permute(0, 3, 1, 2), kernel, bias.expand(C), stride=ws, groups=C).permute(0, 2, 3, 1)
+
+
+@torch.jit.unused
+def _pool_routed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    return routes.run('window_pool', routes.key_of(x, ws=ws), {
+        'einsum': lambda: _pool_einsum(x, weight, bias, ws),
+        'strided_conv': lambda: _pool_strided_conv(x, weight, bias, ws),
+    }, x.device)
+
+
+@register_notrace_function
+def window_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H/ws, W/ws, C): each window's tokens weighted by the (1, ws*ws) `weight`, summed,
+    plus `bias`. Inference on the CPU goes through the faster of two measured routes; training keeps
+    the einsum (route timing sees forwards only, and oneDNN's weight gradient of the conv is slower)."""
+    if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
+        return _pool_einsum(x, weight, bias, ws)
+    return _pool_routed(x, weight, bias, ws)
 
 
 class FocalAttention(nn.Module):
@@ -357,8 +398,8 @@ class FocalAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
         self.pool = WindowPool(ws)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = RoutedLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = RoutedLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
@@ -415,8 +456,8 @@ class FocalFastAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
         self.pool = WindowPool(ws)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = RoutedLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = RoutedLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         head_dim = dim // num_heads
         self.coord2rpb_all = nn.ModuleList([
@@ -460,6 +501,9 @@ class FocalBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        for name in ('fc1', 'fc2'):
+            linear = getattr(self.mlp, name)
+            setattr(self.mlp, name, RoutedLinear(linear.in_features, linear.out_features))
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
