@@ -8,7 +8,8 @@ Same function as the official code (its checkpoints give its logits), computed d
 the official code builds each window's keys by rolling, unfolding and concatenating copies of
 the key/value maps, and fixes them to one input size at build time. Here every window's keys are
 one gather from a table of tokens, with an index computed once per input size and cached; the
-relative-position biases and masks are one additive mask for `scaled_dot_product_attention`.
+relative-position biases and masks are one additive mask (`_attention`: SDPA or explicit matmuls,
+whichever is measured faster on the CPU).
 The input size only has to be known at run time; the structure (window size per stage, which
 stages expand their windows) follows the official rules for `img_size` (default 224).
 
