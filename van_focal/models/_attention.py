@@ -1,7 +1,12 @@
 """Attention with an additive bias (Focal's relative-position biases and masks), on the kernel that
 computes it fused on this device: torch_npu's `npu_fusion_attention` on Ascend NPUs (their
 `scaled_dot_product_attention` fuses only with a bool mask or none, and with a float mask falls back to
-the math path, fp32 scores even under AMP), `scaled_dot_product_attention` everywhere else."""
+the math path, fp32 scores even under AMP), `scaled_dot_product_attention` everywhere else.
+
+On the CPU, `scaled_dot_product_attention` with a bias that needs a gradient runs its unfused math path,
+which adds a "safe softmax" (isneginf / all / where passes) and a separate mask addition; there the same
+sums as explicit matmuls (`matmul`, in-place bias addition, softmax, `matmul`) can be faster. Which
+of the two routes is, is measured per shape and needs-grad (`van_focal.routes`, op `biased_attention`)."""
 from collections import Counter
 from typing import Callable, Optional
 
@@ -10,6 +15,7 @@ import torch.nn.functional as F
 from timm.models._features_fx import register_notrace_function
 
 from .. import device as devices
+from .. import routes
 
 # npu_fusion_attention's documented limits (torch_npu 2.14.0, torch_npu/_op_plugin_docs.py): query heads
 # N 1..256, head dim D 1..768, sequence lengths 1..1M, batch 1..2M; float16 / bfloat16 / float32.
@@ -67,5 +73,30 @@ def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
             return fused_biased_attention(op, q, k, v, bias, dropout_p, scale)
         devices.say_once(f'Attention: {why_not}, beyond npu_fusion_attention\'s documented limits; '
                          'using scaled_dot_product_attention for these layers.')
+        KERNELS_USED['scaled_dot_product_attention'] += 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    if q.device.type != 'cpu':
+        return _sdpa(q, k, v, bias, dropout_p, scale)
+    key = routes.key_of(q, k, bias, dropout=dropout_p > 0, grad=torch.is_grad_enabled())
+    return routes.run('biased_attention', key, {
+        'sdpa': lambda: _sdpa(q, k, v, bias, dropout_p, scale),
+        'matmuls': lambda: _matmuls(q, k, v, bias, dropout_p, scale),
+    }, q.device)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
+          scale: float) -> torch.Tensor:
     KERNELS_USED['scaled_dot_product_attention'] += 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
+def _matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
+             scale: float) -> torch.Tensor:
+    """softmax((scale * q) k^T + bias) v as matmul, in-place bias addition (broadcast over the batch),
+    softmax and matmul. No safe-softmax passes: Focal's masks are finite (-100), no row is all -inf."""
+    scores = torch.matmul(q * scale, k.transpose(-2, -1)).add_(bias)
+    attn = scores.softmax(-1)
+    if dropout_p > 0:
+        attn = F.dropout(attn, dropout_p)
+    KERNELS_USED['matmuls'] += 1
+    return torch.matmul(attn, v)

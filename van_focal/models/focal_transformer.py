@@ -8,7 +8,8 @@ Same function as the official code (its checkpoints give its logits), computed d
 the official code builds each window's keys by rolling, unfolding and concatenating copies of
 the key/value maps, and fixes them to one input size at build time. Here every window's keys are
 one gather from a table of tokens, with an index computed once per input size and cached; the
-relative-position biases and masks are one additive mask for `scaled_dot_product_attention`.
+relative-position biases and masks are one additive mask (`_attention`: SDPA or explicit matmuls,
+whichever is measured faster on the CPU).
 The input size only has to be known at run time; the structure (window size per stage, which
 stages expand their windows) follows the official rules for `img_size` (default 224).
 
@@ -25,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _disable_current_modes
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -33,6 +35,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
 
+from .. import routes
 from ._attention import attention_with_bias
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 from .focal_resize import fit_to_windows
@@ -212,6 +215,86 @@ def _gather_keys_values(qkv: torch.Tensor, index: torch.Tensor) -> Tuple[torch.T
     return kv[0], kv[1]  # not unbind: the TorchScript-based ONNX exporter mistranslates it
 
 
+def _gather_qkv_plain(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
+                      ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Window queries (B, heads*nW, ws*ws, head_dim) of the first height*width tokens of the
+    (B, N, 3, heads, head_dim) projection, as a (height, width) map zero-padded to whole windows,
+    and the keys and values of `_gather_keys_values`."""
+    B, _, _, heads, head_dim = qkv.shape
+    q = pad_to_windows(qkv[:, :height * width, 0].reshape(B, height, width, heads * head_dim), ws)
+    q = _map_to_windows(q, q.shape[1] // ws, q.shape[2] // ws, ws, heads)
+    return (q, *_gather_keys_values(qkv, index))
+
+
+class _GatherQKV(torch.autograd.Function):
+    """`_gather_qkv_plain` with a backward writing the gradients of q, k and v straight into ONE
+    zero-initialised gradient of the projection (a strided copy for q, `index_add_` for k and v),
+    where autograd's backward of the slices, selects and gather allocates and adds several
+    projection-sized zero tensors. The same sums in the same order."""
+
+    @staticmethod
+    def forward(ctx, qkv, index, height, width, ws):
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.height, ctx.width, ctx.ws = qkv.shape, height, width, ws
+        return _gather_qkv_plain(qkv, index, height, width, ws)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_q, grad_k, grad_v):
+        index, = ctx.saved_tensors
+        args = (ctx.shape, grad_q, grad_k, grad_v, index, ctx.height, ctx.width, ctx.ws)
+        grad = routes.run('gather_kv_grad', routes.key_of(grad_q, grad_k, index), {
+            'buffer': lambda: _gather_qkv_grad(*args, through_buffer=True),
+            'in_place': lambda: _gather_qkv_grad(*args, through_buffer=False),
+        }, grad_q.device)
+        return grad, None, None, None, None
+
+
+def _gather_qkv_grad(shape: torch.Size, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
+                     index: torch.Tensor, height: int, width: int, ws: int, through_buffer: bool) -> torch.Tensor:
+    """The (B, N, 3, heads, head_dim) gradient of `_gather_qkv_plain`'s input: q's gradient copied back
+    from the windows, and each token's key/value gradient summed over its copies by `index_add_`, either
+    straight into the strided slots or into a contiguous buffer copied in afterwards."""
+    B, N, _, heads, head_dim = shape
+    nwh, nww = -(-height // ws), -(-width // ws)
+    grad = grad_q.new_zeros(shape)
+    windows = grad_q.view(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
+    grad_map = windows.reshape(B, nwh * ws, nww * ws, heads, head_dim)[:, :height, :width]
+    grad[:, :height * width, 0].view(B, height, width, heads, head_dim).copy_(grad_map)
+    if through_buffer:
+        buffer = grad.new_zeros(2, B * heads, N, head_dim)
+        for i, grad_kv in enumerate((grad_k, grad_v)):
+            buffer[i].index_add_(1, index.view(-1), grad_kv.reshape(B * heads, -1, head_dim))
+        grad[:, :, 1:].copy_(buffer.view(2, B, heads, N, head_dim).permute(1, 3, 0, 2, 4))
+    else:
+        for slot, grad_kv in ((1, grad_k), (2, grad_v)):
+            grad[:, :, slot].transpose(1, 2).index_add_(2, index.view(-1), grad_kv.reshape(B, heads, -1, head_dim))
+    return grad
+
+
+@torch.jit.unused
+def _plain_ops_only() -> bool:
+    """Exporters, tracers and torch.compile see plain ops (autograd Functions are opaque to some)."""
+    return (torch.compiler.is_compiling() or getattr(torch.compiler, 'is_exporting', lambda: False)()
+            or torch.jit.is_tracing())
+
+
+@torch.jit.unused
+def _gather_qkv_function(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
+                         ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _GatherQKV.apply(qkv, index, height, width, ws)
+
+
+@register_notrace_function
+def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
+               ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of every window (see `_gather_qkv_plain`); while training in eager
+    mode, through `_GatherQKV` for its backward."""
+    if torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or _plain_ops_only():
+        return _gather_qkv_plain(qkv, index, height, width, ws)
+    return _gather_qkv_function(qkv, index, height, width, ws)
+
+
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
                      scale: float) -> torch.Tensor:
     """Attention of every window's queries (B, heads*nW, L, D) to its keys and values (B, heads*nW, S, D)
@@ -224,6 +307,39 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     return attention_with_bias(q, k, v, mask, dropout_p, scale)
 
 
+@torch.jit.unused
+def _linear_routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return routes.run('linear', routes.key_of(x, weight), {
+        'addmm': lambda: F.linear(x, weight, bias),
+        'conv1x1': lambda: _linear_as_conv1x1(x, weight, bias),
+    }, x.device)
+
+
+@torch.jit.unused
+def _linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear as a 1x1 conv (oneDNN on the CPU, bias fused) of the tokens viewed as a channels-last column."""
+    tokens = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
+    out = F.conv2d(tokens, weight[:, :, None, None], bias)
+    return out.permute(0, 2, 3, 1).reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+@register_notrace_function
+def routed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear; in CPU inference through the faster of addmm (GEMM, then or before it a bias pass) and a
+    1x1 conv through oneDNN (bias fused), measured per shape. Training keeps F.linear (route timing sees
+    forwards only)."""
+    if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
+        return F.linear(x, weight, bias)
+    return _linear_routed(x, weight, bias)
+
+
+class RoutedLinear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) through `routed_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return routed_linear(x, self.weight, self.bias)
+
+
 class WindowPool(nn.Module):
     """The 'fc' focal pooling: a learned weighted sum over the ws x ws tokens of each window."""
 
@@ -233,11 +349,40 @@ class WindowPool(nn.Module):
         self.fc = nn.Linear(ws * ws, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        ws = self.ws
-        x = x.view(B, H // ws, ws, W // ws, ws, C)
-        weight = self.fc.weight.view(ws, ws)
-        return torch.einsum('bhiwjc,ij->bhwc', x, weight) + self.fc.bias
+        return window_pool(x, self.fc.weight, self.fc.bias, self.ws)
+
+
+def _pool_einsum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C)
+    return torch.einsum('bhiwjc,ij->bhwc', x, weight.view(ws, ws)) + bias
+
+
+@torch.jit.unused
+def _pool_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    """The same weighted sums as a depth-wise conv of stride ws (one kernel shared by all channels)
+    on the map viewed as channels-last NCHW."""
+    C = x.shape[-1]
+    kernel = weight.view(1, 1, ws, ws).expand(C, 1, ws, ws)
+    return F.conv2d(x.permute(0, 3, 1, 2), kernel, bias.expand(C), stride=ws, groups=C).permute(0, 2, 3, 1)
+
+
+@torch.jit.unused
+def _pool_routed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    return routes.run('window_pool', routes.key_of(x, ws=ws), {
+        'einsum': lambda: _pool_einsum(x, weight, bias, ws),
+        'strided_conv': lambda: _pool_strided_conv(x, weight, bias, ws),
+    }, x.device)
+
+
+@register_notrace_function
+def window_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H/ws, W/ws, C): each window's tokens weighted by the (1, ws*ws) `weight`, summed,
+    plus `bias`. Inference on the CPU goes through the faster of two measured routes; training keeps
+    the einsum (route timing sees forwards only, and oneDNN's weight gradient of the conv is slower)."""
+    if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
+        return _pool_einsum(x, weight, bias, ws)
+    return _pool_routed(x, weight, bias, ws)
 
 
 class FocalAttention(nn.Module):
@@ -254,8 +399,8 @@ class FocalAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
         self.pool = WindowPool(ws)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = RoutedLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = RoutedLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
@@ -291,10 +436,8 @@ class FocalAttention(nn.Module):
         # both carry the -100 mask, so their attention weight (~e^-100) is nil either way.
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C), x.new_zeros(B, 1, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        q = _map_to_windows(qkv[:, :H * W, 0], nwh, nww, ws, heads)
-
         index, pad_mask = focal_v1_tables(H, W, ws, self.expand, self.focal_window, x.device)
-        k, v = _gather_keys_values(qkv, index)
+        q, k, v = gather_qkv(qkv, index, H, W, ws)
         bias = self._position_bias().unsqueeze(1) + pad_mask[None, :, None, :]  # (heads, nW, L, S)
 
         out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
@@ -314,8 +457,8 @@ class FocalFastAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
         self.pool = WindowPool(ws)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = RoutedLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = RoutedLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         head_dim = dim // num_heads
         self.coord2rpb_all = nn.ModuleList([
@@ -329,10 +472,8 @@ class FocalFastAttention(nn.Module):
         pooled = self.pool(pad_to_windows(x, ws, centred=True))  # the official v2 pads centred to pool
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        q = _map_to_windows(pad_to_windows(qkv[:, :H * W, 0].reshape(B, H, W, C), ws), nwh, nww, ws, heads)
-
         index, unique0, inverse0, unique1, inverse1 = focal_v2_tables(H, W, ws, self.topk, x.device)
-        k, v = _gather_keys_values(qkv, index)
+        q, k, v = gather_qkv(qkv, index, H, W, ws)
         biases = []
         for mlp, (unique, inverse) in zip(self.coord2rpb_all, ((unique0, inverse0), (unique1, inverse1))):
             table = mlp(unique.to(x.dtype))  # (U, heads): the MLP runs once per distinct coordinate
@@ -361,6 +502,9 @@ class FocalBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        for name in ('fc1', 'fc2'):
+            linear = getattr(self.mlp, name)
+            setattr(self.mlp, name, RoutedLinear(linear.in_features, linear.out_features))
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
