@@ -45,17 +45,18 @@ def _plain_gather(monkeypatch):
 def test_training_gradients_equal_the_plain_path(monkeypatch, name, size):
     model = timm.create_model(name, **SMALL).train()
     x = torch.randn(2, 3, size, size)
-    with routes.forced(biased_attention='sdpa'), monkeypatch.context() as plain:
+    with routes.forced(biased_attention='sdpa', window_pool='einsum', linear='addmm'), monkeypatch.context() as plain:
         _plain_gather(plain)
         reference = _gradients(model, x)
     routes.clear()
-    for forced in [dict(biased_attention=a, gather_kv_grad=g) for a, g in zip(ATTENTION_ROUTES, GRAD_ROUTES)] + [{}]:
+    combos = zip(ATTENTION_ROUTES, GRAD_ROUTES, POOL_ROUTES, LINEAR_ROUTES)
+    for forced in [dict(biased_attention=a, gather_kv_grad=g, window_pool=p, linear=li) for a, g, p, li in combos] + [{}]:
         with routes.forced(**forced):  # {}: measured, every route run several times on the first inputs
             got = _gradients(model, x)
         assert got.keys() == reference.keys()
         for n, g in got.items():
             torch.testing.assert_close(g, reference[n], rtol=1e-4, atol=1e-6, msg=f'{forced}: {n}')
-    assert set(routes.chosen()) == {'biased_attention', 'gather_kv_grad'}
+    assert set(routes.chosen()) == {'biased_attention', 'gather_kv_grad', 'window_pool', 'linear'}
 
 
 def test_gather_backward_adds_repeated_keys():

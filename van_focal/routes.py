@@ -9,13 +9,14 @@ device) and the fastest is used for that key from then on in this process.
 
 The routes of one op give the same values up to float summation order, like cuDNN's algorithms;
 `VAN_FOCAL_ROUTES=default` takes every op's first route without timing (reproducible run to run), and
-`forced` pins routes for tests. `chosen()` tells what was picked, for benchmark.py and the doctor.
+`forced` pins routes for tests. `chosen()` tells what was picked, for bench_official.py and the doctor.
 """
 import contextlib
+import functools
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Hashable, Iterator, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -71,10 +72,15 @@ def _fastest(routes: Dict[str, Callable[[], Any]], device: torch.device) -> str:
     return min(times, key=lambda name: min(times[name]))
 
 
+def _known(op: str, key: Hashable, names) -> Optional[str]:
+    forced = _forced.get(op)
+    return forced if forced in names else _chosen.get((op, key))
+
+
 def choose(op: str, key: Hashable, timers: Dict[str, Callable[[], Any]], device: torch.device) -> str:
     """Name of the fastest route for `key`, timing each route's timer (a callable of no arguments doing the
     route's work) the first time the key is seen."""
-    name = _forced.get(op) if _forced.get(op) in timers else _chosen.get((op, key))
+    name = _known(op, key, timers)
     if name is None:
         name = _fastest(timers, device) if _measuring() and len(timers) > 1 else next(iter(timers))
         _chosen[(op, key)] = name
@@ -87,9 +93,8 @@ def run(op: str, key: Hashable, routes: Dict[str, Callable[[], Any]], device: to
     return routes[choose(op, key, routes, device)]()
 
 
-def forward_backward(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> Callable[[], Any]:
-    """A timer for a route used in training: `fn` on detached copies of `tensors` (keeping which need
-    gradients), then its backward; for routes whose cost is mostly in the backward."""
+def _forward_backward(fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor]) -> Callable[[], Any]:
+    """A timer of `fn` on detached copies of `tensors` (keeping which need gradients), then its backward."""
     inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
 
     def timer():
@@ -97,6 +102,25 @@ def forward_backward(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) ->
             out = fn(*inputs)
             out.backward(torch.ones_like(out))
     return timer
+
+
+def apply(op: str, candidates: Dict[str, Callable[..., torch.Tensor]], *tensors: torch.Tensor,
+          **key_extra: Hashable) -> torch.Tensor:
+    """The fastest of `candidates` (functions of `tensors` computing the same thing) applied to `tensors`.
+
+    The key is the tensors' shapes, dtypes, layouts and device, whether gradients flow, and `key_extra`.
+    Where gradients flow the routes are timed forward and backward together: a route's backward can
+    cost more than its forward, and decide which is faster."""
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    key = key_of(*(t.detach() for t in tensors), training=training, **key_extra)
+    name = _known(op, key, candidates)
+    if name is None:
+        if training:
+            timers = {n: _forward_backward(fn, tensors) for n, fn in candidates.items()}
+        else:
+            timers = {n: functools.partial(fn, *tensors) for n, fn in candidates.items()}
+        name = choose(op, key, timers, tensors[0].device)
+    return candidates[name](*tensors)
 
 
 def chosen() -> Dict[str, Dict[str, int]]:

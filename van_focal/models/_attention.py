@@ -6,7 +6,8 @@ the math path, fp32 scores even under AMP), `scaled_dot_product_attention` every
 On the CPU, `scaled_dot_product_attention` with a bias that needs a gradient runs its unfused math path,
 which adds a "safe softmax" (isneginf / all / where passes) and a separate mask addition; there the same
 sums as explicit matmuls (`matmul`, in-place bias addition, softmax, `matmul`) can be faster. Which
-of the two routes is, is measured per shape and needs-grad (`van_focal.routes`, op `biased_attention`)."""
+of the two routes is, is measured per shape, inference and training apart (`van_focal.routes`, op
+`biased_attention`; training routes timed forward and backward)."""
 from collections import Counter
 from typing import Callable, Optional
 
@@ -73,15 +74,13 @@ def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
             return fused_biased_attention(op, q, k, v, bias, dropout_p, scale)
         devices.say_once(f'Attention: {why_not}, beyond npu_fusion_attention\'s documented limits; '
                          'using scaled_dot_product_attention for these layers.')
-        KERNELS_USED['scaled_dot_product_attention'] += 1
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-    if q.device.type != 'cpu':
         return _sdpa(q, k, v, bias, dropout_p, scale)
-    key = routes.key_of(q, k, bias, dropout=dropout_p > 0, grad=torch.is_grad_enabled())
-    return routes.run('biased_attention', key, {
-        'sdpa': lambda: _sdpa(q, k, v, bias, dropout_p, scale),
-        'matmuls': lambda: _matmuls(q, k, v, bias, dropout_p, scale),
-    }, q.device)
+    if q.device.type != 'cpu' or routes.capturing_graph():
+        return _sdpa(q, k, v, bias, dropout_p, scale)
+    return routes.apply('biased_attention', {
+        'sdpa': lambda q, k, v, bias: _sdpa(q, k, v, bias, dropout_p, scale),
+        'matmuls': lambda q, k, v, bias: _matmuls(q, k, v, bias, dropout_p, scale),
+    }, q, k, v, bias, dropout=dropout_p > 0)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,

@@ -34,14 +34,9 @@ ROUTES = {'onednn': _as_conv, 'gemm': _as_gemm}
 
 @torch.jit.unused
 def _routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if training:
-        timers = {name: routes.forward_backward(route, *tensors) for name, route in ROUTES.items()}
-    else:
-        timers = {name: (lambda route=route: route(*tensors)) for name, route in ROUTES.items()}
-    key = routes.key_of(x.detach(), weight.detach(), training=training)
-    return ROUTES[routes.choose('pointwise_conv', key, timers, x.device)](*tensors)
+    if bias is None:
+        return routes.apply('pointwise_conv', ROUTES, x, weight)
+    return routes.apply('pointwise_conv', ROUTES, x, weight, bias)
 
 
 @register_notrace_module  # a leaf for torch.fx: its route choice is not traceable

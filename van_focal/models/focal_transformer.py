@@ -273,13 +273,6 @@ def _gather_qkv_grad(shape: torch.Size, grad_q: torch.Tensor, grad_k: torch.Tens
 
 
 @torch.jit.unused
-def _plain_ops_only() -> bool:
-    """Exporters, tracers and torch.compile see plain ops (autograd Functions are opaque to some)."""
-    return (torch.compiler.is_compiling() or getattr(torch.compiler, 'is_exporting', lambda: False)()
-            or torch.jit.is_tracing())
-
-
-@torch.jit.unused
 def _gather_qkv_function(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
                          ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _GatherQKV.apply(qkv, index, height, width, ws)
@@ -290,7 +283,7 @@ def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
                ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values of every window (see `_gather_qkv_plain`); while training in eager
     mode, through `_GatherQKV` for its backward."""
-    if torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or _plain_ops_only():
+    if torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or routes.capturing_graph():
         return _gather_qkv_plain(qkv, index, height, width, ws)
     return _gather_qkv_function(qkv, index, height, width, ws)
 
@@ -308,27 +301,27 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 
 
 @torch.jit.unused
-def _linear_routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    return routes.run('linear', routes.key_of(x, weight), {
-        'addmm': lambda: F.linear(x, weight, bias),
-        'conv1x1': lambda: _linear_as_conv1x1(x, weight, bias),
-    }, x.device)
-
-
-@torch.jit.unused
-def _linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def _linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear as a 1x1 conv (oneDNN on the CPU, bias fused) of the tokens viewed as a channels-last column."""
     tokens = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
     out = F.conv2d(tokens, weight[:, :, None, None], bias)
     return out.permute(0, 2, 3, 1).reshape(x.shape[:-1] + (weight.shape[0],))
 
 
+LINEAR_ROUTES = {'addmm': F.linear, 'conv1x1': _linear_as_conv1x1}
+
+
+@torch.jit.unused
+def _linear_routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return routes.apply('linear', LINEAR_ROUTES, *tensors)
+
+
 @register_notrace_function
 def routed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """F.linear; in CPU inference through the faster of addmm (GEMM, then or before it a bias pass) and a
-    1x1 conv through oneDNN (bias fused), measured per shape. Training keeps F.linear (route timing sees
-    forwards only)."""
-    if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
+    """F.linear; on the CPU through the faster of addmm (GEMM, then or before it a bias pass) and a
+    1x1 conv through oneDNN (bias fused), measured per shape, for inference and training apart."""
+    if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
         return F.linear(x, weight, bias)
     return _linear_routed(x, weight, bias)
 
@@ -369,18 +362,17 @@ def _pool_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 @torch.jit.unused
 def _pool_routed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
-    return routes.run('window_pool', routes.key_of(x, ws=ws), {
-        'einsum': lambda: _pool_einsum(x, weight, bias, ws),
-        'strided_conv': lambda: _pool_strided_conv(x, weight, bias, ws),
-    }, x.device)
+    return routes.apply('window_pool', {
+        'einsum': lambda x, weight, bias: _pool_einsum(x, weight, bias, ws),
+        'strided_conv': lambda x, weight, bias: _pool_strided_conv(x, weight, bias, ws),
+    }, x, weight, bias, ws=ws)
 
 
 @register_notrace_function
 def window_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, H, W, C) -> (B, H/ws, W/ws, C): each window's tokens weighted by the (1, ws*ws) `weight`, summed,
-    plus `bias`. Inference on the CPU goes through the faster of two measured routes; training keeps
-    the einsum (route timing sees forwards only, and oneDNN's weight gradient of the conv is slower)."""
-    if torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != 'cpu' or _plain_ops_only():
+    plus `bias`. On the CPU through the faster of two measured routes (an einsum, a strided depth-wise conv)."""
+    if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
         return _pool_einsum(x, weight, bias, ws)
     return _pool_routed(x, weight, bias, ws)
 
