@@ -22,6 +22,10 @@ SMALL_FOCAL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
 MODELS = {'van_b0': ({}, 64), 'focal_tiny_patch4_window7_224': (SMALL_FOCAL, 224)}
 
 
+# else measured choices between kernel classes (a 1x1 conv or a linear layer, SDPA or matmuls, ...)
+PLAIN_ROUTES = dict(pointwise_conv='onednn', window_pool='einsum', linear='addmm', biased_attention='sdpa')
+
+
 def _steps(name: str):
     """The model's inference and training steps as benchmark.py builds them (channels_last, batch 2)."""
     kwargs, size = MODELS[name]
@@ -30,12 +34,12 @@ def _steps(name: str):
 
     def infer():
         model.eval()
-        with torch.inference_mode(), routes.forced(pointwise_conv='onednn'):
+        with torch.inference_mode(), routes.forced(**PLAIN_ROUTES):
             model(x)
 
     def train():
         model.train()
-        with routes.forced(pointwise_conv='onednn'):  # else a measured choice between the 1x1 conv and linear classes
+        with routes.forced(**PLAIN_ROUTES):
             model(x).logsumexp(1).sum().backward()
     return infer, train
 
