@@ -46,6 +46,13 @@ def test_the_faster_route_is_chosen_once_per_key_and_kept():
     assert routes.run('op', ('k', 1), candidates, CPU) == 'fast'
 
 
+def test_the_first_route_is_kept_unless_another_is_clearly_faster():
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+    assert routes.choose('op', 'close', {'first': sleeper(0.02), 'other': sleeper(0.0196)}, CPU) == 'first'
+    assert routes.choose('op', 'clear', {'first': sleeper(0.02), 'other': sleeper(0.01)}, CPU) == 'other'
+
+
 def test_default_setting_takes_the_first_route_untimed(monkeypatch):
     monkeypatch.setenv('VAN_FOCAL_ROUTES', 'default')
     calls = []
