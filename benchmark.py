@@ -10,7 +10,7 @@
 For each model: parameters, GMACs per image (torch.utils.flop_counter), and per benchmark the median
 img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
 achieved GFLOP/s (training counted as 3x the forward) against the device's dense matmul rate,
-and the peak memory (the allocator's peak on an accelerator; the process's peak resident memory
+the routes the CPU's measurement picked (van_focal.routes), and the peak memory (the allocator's peak on an accelerator; the process's peak resident memory
 on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 With --onnx, inference is also exported to ONNX as `python -m van_focal.export` does and timed in
@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal import device as devices
-from van_focal import roofline
+from van_focal import roofline, routes
 from van_focal.cli import UsageError, parse_args, run_main, write_results
 from van_focal.export import export, onnx_session
 
@@ -155,7 +155,9 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    routes.clear()  # this mode's own picks (a fresh process per model; only the modes share it)
     result.update(time_steps(step, device, args))
+    result['routes'] = routes.describe_chosen()
     result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
     result['peak_memory_mb'] = peak_memory_mb(device)  # before the ONNX export and session add their own
     if args.roofline:
@@ -225,6 +227,8 @@ def main():
             print(f"{name:<44} {mode:<5} {row['img_per_sec']:>9.2f} img/s  {row['latency_ms']:>9.1f} ms/batch  "
                   f"{row['param_count'] / 1e6:>6.2f} M params  {row['gmacs']:>6.2f} GMACs  "
                   f"{row['gflops_per_sec']:>8.1f} GFLOP/s ({100 * row['gflops_per_sec'] / matmul:.0f} % of matmul)  peak {row['peak_memory_mb']} MB", flush=True)
+            if row['routes']:
+                print(f"{'':<44} routes picked: {row['routes']}", flush=True)
             if 'onnx_img_per_sec' in row:
                 print(f"{'':<44} onnx  {row['onnx_img_per_sec']:>9.2f} img/s  {row['onnx_latency_ms']:>9.1f} ms/batch  "
                       f"{row['onnx_mb']} MB, dynamic {row['onnx_dynamic']}, max relative difference "

@@ -84,7 +84,10 @@ def test_benchmark_reports_every_field(tmp_path, monkeypatch, capsys):
         assert row['img_per_sec'] > 0 and row['latency_ms'] > 0 and row['peak_memory_mb'] > 0
         assert row['param_count'] == 4_105_800 and 0.05 < row['gmacs'] < 0.1  # 0.86 GMACs at 224, /12.25 at 64
     assert rows[0]['fuse'] and not rows[1]['fuse']
-    assert 'van_b0' in capsys.readouterr().out
+    assert 'dilated_dw_conv: ' in rows[0]['routes'] and 'dw_conv_grad_weight: ' in rows[1]['routes']
+    assert 'dw_conv_grad_weight' not in rows[0]['routes']  # each mode's own picks
+    out = capsys.readouterr().out
+    assert 'van_b0' in out and 'routes picked: dilated_dw_conv: ' in out
 
 
 def test_benchmark_wildcard_lists_the_models():

@@ -64,8 +64,8 @@ def _seconds(route: Callable[[], Any], device: torch.device) -> float:
 def _fastest(routes: Dict[str, Callable[[], Any]], device: torch.device) -> str:
     """Name of the route with the lowest time over interleaved rounds, after one untimed call each (the
     minimum, not the median: other work on the machine only ever adds time). The first route (the plain
-    library call, where there is one) is kept unless another is faster by more than MARGIN: timed alone, a route's edge of a
-    few percent is within what the surrounding model's memory traffic changes."""
+    library call, where there is one) is kept unless another is faster by more than MARGIN: timed alone,
+    a route's edge of a few percent is within what the surrounding model's memory traffic changes."""
     for route in routes.values():
         route()
     times = {name: [] for name in routes}
@@ -138,7 +138,7 @@ def chosen() -> Dict[str, Dict[str, int]]:
 
 
 def describe_chosen() -> str:
-    """'op: route xN, route xM; ...' for logs and benchmark rows."""
+    """'op: route xN, route xM; ...' for benchmark rows and reports."""
     return '; '.join(f'{op}: ' + ', '.join(f'{name} x{n}' for name, n in sorted(counts.items()))
                      for op, counts in sorted(chosen().items()))
 

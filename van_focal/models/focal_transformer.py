@@ -282,8 +282,9 @@ def _gather_qkv_function(qkv: torch.Tensor, index: torch.Tensor, height: int, wi
 def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
                ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values of every window (see `_gather_qkv_plain`); while training in eager
-    mode, through `_GatherQKV` for its backward."""
-    if torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or routes.capturing_graph():
+    mode on the CPU, through `_GatherQKV` for its backward (not yet measured on accelerators)."""
+    if (torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or qkv.device.type != 'cpu'
+            or routes.capturing_graph()):
         return _gather_qkv_plain(qkv, index, height, width, ws)
     return _gather_qkv_function(qkv, index, height, width, ws)
 
@@ -291,9 +292,9 @@ def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
                      scale: float) -> torch.Tensor:
     """Attention of every window's queries (B, heads*nW, L, D) to its keys and values (B, heads*nW, S, D)
-    with an additive bias (heads, nW, L, S), as one 4-D `scaled_dot_product_attention` call.
+    with an additive bias (heads, nW, L, S), as one 4-D attention call (`attention_with_bias`).
 
-    Heads and windows share SDPA's 'heads' axis, so the bias broadcasts over the batch without a copy,
+    Heads and windows share the 'heads' axis, so the bias broadcasts over the batch without a copy,
     and SDPA can use its fused kernels (with 5-D inputs it falls back to the unfused math path).
     """
     mask = bias.to(q.dtype).reshape(1, q.shape[1], q.shape[2], -1)
