@@ -151,3 +151,48 @@ def test_depthwise_routes_under_cpu_autocast():
     assert out.dtype == reference.dtype == torch.bfloat16 and relative_error(out.float(), reference.float()) <= 1e-2
     out.float().sum().backward()
     assert x.grad.dtype == conv.weight.grad.dtype == torch.float32
+
+
+def test_first_use_inside_activation_checkpointing_trains_as_without():
+    """Route timers run forward and backward; inside timm's (non-reentrant) checkpointing they must not
+    leave tensors in the checkpoint's keeping, or its recomputation would not match."""
+    torch.manual_seed(0)
+    model = timm.create_model('van_b0', embed_dims=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_classes=5)
+    model.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 40, 40)
+    model(x).sum().backward()  # first use: every route timed under the checkpoints
+    assert routes.chosen()
+    checkpointed = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(False)
+    model(x).sum().backward()
+    for got, expected in zip(checkpointed, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_depthwise_double_backward_is_the_convs():
+    conv = nn.Conv2d(4, 4, 7, padding=9, dilation=3, groups=4).double()
+    x = torch.randn(2, 4, 11, 13, dtype=torch.float64, requires_grad=True)
+
+    def grad_norm(fn):
+        g, = torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), (x, conv.weight))
+
+    for got, expected in zip(grad_norm(lambda t: depthwise_conv(t, conv.weight, conv.bias, 3)), grad_norm(conv)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_no_timing_under_autocast_or_a_dispatch_mode():
+    conv = PointwiseConv(4, 6)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        conv(x)
+    assert routes.chosen() == {} and counter.get_total_flops() == 2 * 2 * 4 * 6 * 25
+
+
+def test_a_cropped_channels_last_map_keeps_its_layout_name():
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    assert routes.layout(x) == routes.layout(x[:, :, :7, :7]) == 'channels_last'
+    assert routes.layout(x.contiguous()) == 'contiguous' and routes.layout(x.contiguous()[:, :, :7, :7]) == 'strided'

@@ -8,8 +8,8 @@ each route is timed on the first real inputs of every key (op, shapes, dtype, la
 device) and the fastest is used for that key from then on in this process.
 
 The routes of one op give the same values up to float summation order, like cuDNN's algorithms;
-`VAN_FOCAL_ROUTES=default` takes every op's first route without timing (reproducible run to run), and
-`forced` pins routes for tests. `chosen()` tells what was picked, for bench_official.py and the doctor.
+`VAN_FOCAL_ROUTES=default` takes every op's first route without timing (reproducible run to run), as
+does autocast, and `forced` pins routes for tests. `chosen()` tells what was picked, for bench_official.py and the doctor.
 """
 import contextlib
 import functools
@@ -31,9 +31,11 @@ MARGIN = 0.05
 
 
 def layout(t: torch.Tensor) -> str:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+    if t.is_contiguous():
+        return 'contiguous'
+    if t.dim() == 4 and t.stride(1) == 1:  # channels_last, or a crop of such a map
         return 'channels_last'
-    return 'contiguous' if t.is_contiguous() else 'strided'
+    return 'strided'
 
 
 def key_of(*tensors: torch.Tensor, **extra: Hashable) -> Hashable:
@@ -82,11 +84,20 @@ def _known(op: str, key: Hashable, names) -> Optional[str]:
     return forced if forced in names else _chosen.get((op, key))
 
 
+def _first_route_only(device: torch.device) -> bool:
+    """Where the routes are not timed: under autocast (its casts differ between routes, so their outputs'
+    dtypes would too) and inside a dispatch mode (a FLOP counter or profiler would count every timing)."""
+    return (torch.is_autocast_enabled(device.type)
+            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None)
+
+
 def choose(op: str, key: Hashable, timers: Dict[str, Callable[[], Any]], device: torch.device) -> str:
     """Name of the fastest route for `key`, timing each route's timer (a callable of no arguments doing the
     route's work) the first time the key is seen."""
     name = _known(op, key, timers)
     if name is None:
+        if _first_route_only(device):
+            return next(iter(timers))
         name = _fastest(timers, device) if _measuring() and len(timers) > 1 else next(iter(timers))
         _chosen[(op, key)] = name
         _logger.debug('route %s for %s %s', name, op, key)
@@ -103,7 +114,9 @@ def _forward_backward(fn: Callable[..., torch.Tensor], tensors: Sequence[torch.T
     inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
 
     def timer():
-        with torch.enable_grad():
+        # identity saved-tensor hooks: inside a non-reentrant activation checkpoint, the checkpoint's own
+        # hooks would otherwise hold what the timer saves, and the recomputation would not match
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             out = fn(*inputs)
             out.backward(torch.ones_like(out))
     return timer
@@ -117,7 +130,7 @@ def apply(op: str, candidates: Dict[str, Callable[..., torch.Tensor]], *tensors:
     Where gradients flow the routes are timed forward and backward together: a route's backward can
     cost more than its forward, and decide which is faster."""
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    key = key_of(*(t.detach() for t in tensors), training=training, **key_extra)
+    key = key_of(*(t if training else t.detach() for t in tensors), training=training, **key_extra)
     name = _known(op, key, candidates)
     if name is None:
         if training:

@@ -75,12 +75,14 @@ def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
         devices.say_once(f'Attention: {why_not}, beyond npu_fusion_attention\'s documented limits; '
                          'using scaled_dot_product_attention for these layers.')
         return _sdpa(q, k, v, bias, dropout_p, scale)
-    if q.device.type != 'cpu' or routes.capturing_graph():
+    # matmuls: float32 only (SDPA accumulates lower precisions in float32), and without dropout (the two
+    # draw different masks, and timing would consume random numbers)
+    if q.device.type != 'cpu' or q.dtype != torch.float32 or dropout_p > 0 or routes.capturing_graph():
         return _sdpa(q, k, v, bias, dropout_p, scale)
     return routes.apply('biased_attention', {
-        'sdpa': lambda q, k, v, bias: _sdpa(q, k, v, bias, dropout_p, scale),
-        'matmuls': lambda q, k, v, bias: _matmuls(q, k, v, bias, dropout_p, scale),
-    }, q, k, v, bias, dropout=dropout_p > 0)
+        'sdpa': lambda q, k, v, bias: _sdpa(q, k, v, bias, 0., scale),
+        'matmuls': lambda q, k, v, bias: _matmuls(q, k, v, bias, scale),
+    }, q, k, v, bias)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
@@ -89,13 +91,9 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 
 
-def _matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
-             scale: float) -> torch.Tensor:
+def _matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax((scale * q) k^T + bias) v as matmul, in-place bias addition (broadcast over the batch),
     softmax and matmul. No safe-softmax passes: Focal's masks are finite (-100), no row is all -inf."""
     scores = torch.matmul(q * scale, k.transpose(-2, -1)).add_(bias)
-    attn = scores.softmax(-1)
-    if dropout_p > 0:
-        attn = F.dropout(attn, dropout_p)
     KERNELS_USED['matmuls'] += 1
-    return torch.matmul(attn, v)
+    return torch.matmul(scores.softmax(-1), v)

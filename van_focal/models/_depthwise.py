@@ -18,7 +18,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from timm.models import register_notrace_function
 
@@ -65,7 +64,7 @@ def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], d: int) -> torch.Tensor:
     if d == 1:
         return _onednn_conv(x, weight, bias, 1)
-    return routes.run('dilated_dw_conv', routes.key_of(x.detach(), d=d), {
+    return routes.run('dilated_dw_conv', routes.key_of(x.detach(), d=d, k=weight.shape[-1], bias=bias is not None), {
         'onednn': lambda: _onednn_conv(x, weight, bias, d),
         'interleaved': lambda: interleaved_dilated_conv(x, weight, bias, d),
     }, x.device)
@@ -91,8 +90,7 @@ class _RoutedDepthwiseConv(torch.autograd.Function):
         return _forward(x, weight, bias, d)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, grad):  # differentiable ops only: double backward works
         x, weight = ctx.saved_tensors
         d = ctx.d
         key = routes.key_of(x, grad, d=d, k=weight.shape[-1])
@@ -128,5 +126,5 @@ def _routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int = 1) -> torch.Tensor:
     """A depth-wise conv with stride 1 and 'same' zero padding (odd kernel), through the fastest exact route."""
     if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
-        return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation, groups=x.shape[1])
+        return _onednn_conv(x, weight, bias, dilation)
     return _routed(x, weight, bias, dilation)

@@ -243,7 +243,7 @@ class _GatherQKV(torch.autograd.Function):
     def backward(ctx, grad_q, grad_k, grad_v):
         index, = ctx.saved_tensors
         args = (ctx.shape, grad_q, grad_k, grad_v, index, ctx.height, ctx.width, ctx.ws)
-        grad = routes.run('gather_kv_grad', routes.key_of(grad_q, grad_k, index), {
+        grad = routes.run('gather_kv_grad', routes.key_of(grad_q, grad_k, index, shape=tuple(ctx.shape)), {
             'buffer': lambda: _gather_qkv_grad(*args, through_buffer=True),
             'in_place': lambda: _gather_qkv_grad(*args, through_buffer=False),
         }, grad_q.device)
@@ -258,7 +258,7 @@ def _gather_qkv_grad(shape: torch.Size, grad_q: torch.Tensor, grad_k: torch.Tens
     B, N, _, heads, head_dim = shape
     nwh, nww = -(-height // ws), -(-width // ws)
     grad = grad_q.new_zeros(shape)
-    windows = grad_q.view(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
+    windows = grad_q.reshape(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
     grad_map = windows.reshape(B, nwh * ws, nww * ws, heads, head_dim)[:, :height, :width]
     grad[:, :height * width, 0].view(B, height, width, heads, head_dim).copy_(grad_map)
     if through_buffer:
