@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DATA := demo_data/shapes
 DEMO_RUN := output/demo/van_b0-shapes
 
-.PHONY: test demo clean-venv
+.PHONY: test test-fast docs demo clean-venv
 
 $(VENV)/.installed: requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +16,23 @@ $(VENV)/.installed: requirements.txt setup.py
 # Draw a 6-class image dataset, train VAN-B0 on it on the CPU, validate the best checkpoint.
 demo: $(VENV)/.installed
 	@test -d $(DEMO_DATA) || { rm -rf $(DEMO_DATA).partial && \
-		$(PY) -m van_focal.shapes $(DEMO_DATA).partial && mv $(DEMO_DATA).partial $(DEMO_DATA); }
+		$(PY) -m van_focal.cli.shapes $(DEMO_DATA).partial && mv $(DEMO_DATA).partial $(DEMO_DATA); }
 	rm -rf $(DEMO_RUN)
 	$(PY) train.py $(DEMO_DATA) --config configs/demo_van_b0_shapes.yaml --device cpu \
 		--output $(dir $(DEMO_RUN)) --experiment $(notdir $(DEMO_RUN))
 	$(PY) validate.py $(DEMO_DATA) --model van_b0 --img-size 64 --device cpu --workers 2 \
 		--checkpoint $(DEMO_RUN)/model_best.pth.tar --results-file $(DEMO_RUN)/validate.json
 
-test: $(VENV)/.installed
+# Everything: the docs site built strictly (a broken link or a missing page fails), then every test.
+test: docs
 	$(PY) -m pytest -q tests
+
+# The tests without the ones that drive train.py / validate.py / the tools end to end (marker `scripts`).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not scripts" tests
+
+docs: $(VENV)/.installed
+	$(PY) -m mkdocs build --strict --quiet --site-dir output/site
 
 clean-venv:
 	rm -rf $(VENV)

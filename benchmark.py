@@ -18,7 +18,7 @@ onnxruntime (CPU) on the same input. With --roofline, the step's FLOP-counted ke
 attention) are timed alone at the model's own shapes, and its GFLOP/s reported as a percentage of theirs
 (van_focal/roofline.py).
 """
-import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
+import van_focal.core.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import concurrent.futures
 import logging
@@ -35,10 +35,12 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import van_focal  # noqa: F401  (registers the models)
-from van_focal import device as devices
-from van_focal import roofline, routes
-from van_focal.cli import UsageError, parse_args, run_main, write_results
-from van_focal.export import export, onnx_session
+from van_focal.core import device as devices
+from van_focal.cli import roofline
+from van_focal.models import _routes as routes
+from van_focal.core.errors import UsageError
+from van_focal.cli.args import parse_args, run_main, write_results
+from van_focal.cli.export import export, onnx_session
 
 _logger = logging.getLogger('benchmark')
 

@@ -3,7 +3,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 version = {}
-exec(Path('van_focal/__init__.py').read_text().split('\nfrom ')[0], version)
+exec(Path('van_focal/core/version.py').read_text(), version)
 
 setup(
     name='van_focal',
@@ -21,5 +21,7 @@ setup(
         'export': ['onnx', 'onnxruntime', 'onnxscript'],
         'plot': ['matplotlib'],
     },
+    entry_points={'console_scripts': [
+        f'van-focal-{name} = van_focal.cli.{name}:run' for name in ('predict', 'export', 'doctor', 'shapes')]},
     license='Apache-2.0',
 )

@@ -9,7 +9,7 @@ ROOT holds train/<class>/<images> and val/<class>/<images>. Flags keep timm's tr
 library: datasets and loaders, RandAugment / random erasing / mixup / cutmix, losses,
 optimizers, schedulers, EMA, AMP loss scaling and checkpoint saving.
 """
-import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
+import van_focal.core.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import logging
 import os
@@ -31,22 +31,28 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 
 import van_focal  # noqa: F401  (registers the models)
-from van_focal import device as devices
-from van_focal import finetune, run_checks, run_info
-from van_focal.checkpoint import checkpoint_loading
-from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, add_named_dataset_args,
-                           check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main)
-from van_focal.data import build_dataset, check_num_classes, class_folders, find_split
-from van_focal.evaluate import evaluate
-from van_focal.preemption import StopSignals, restartable_init_method, skipping_sampler
-from van_focal.training import (AtomicCheckpointSaver, check_finite, check_training_flags, plot_summary,
-                                resolve_resume_auto, resume_within_epoch, seed_epoch)
+from van_focal.core import device as devices
+from van_focal.train import finetune, run_checks, run_info
+from van_focal.core.checkpoint import checkpoint_loading
+from van_focal.core.errors import UsageError
+from van_focal.cli.args import (add_data_root_args, add_model_input_args, add_named_dataset_args, check_model_name,
+                                data_root, defaults_epilog, given_flags, named_dataset_kwargs, parse_args, run_main)
+from van_focal.train.data import build_dataset, check_num_classes, class_folders, find_split
+from van_focal.train.evaluate import evaluate
+from van_focal.train.preemption import StopSignals, restartable_init_method, skipping_sampler
+from van_focal.train.meters import LossMeter
+from van_focal.train.steps import (AtomicCheckpointSaver, check_finite, check_training_flags, plot_summary,
+                                   resolve_resume_auto, resume_within_epoch, seed_epoch)
 
 _logger = logging.getLogger('train')
+# the defaults that differ from timm's own script, also rendered by the docs (training page)
+DOCS_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'docs', 'data')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=defaults_epilog(os.path.join(DOCS_DATA, 'defaults_vs_timm.csv'), 'train.py'))
     parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
     add_data_root_args(parser, 'dataset root (with train/ and val/ folders)')
 
@@ -231,7 +237,7 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
     num_batches = start_batch + len(loader)
     updates_per_epoch = (num_batches + accum - 1) // accum
     num_updates = start_update = epoch * updates_per_epoch + (start_batch + accum - 1) // accum
-    losses = devices.LossMeter(position['loss_sum'], position['loss_count']) if position else devices.LossMeter()
+    losses = LossMeter(position['loss_sum'], position['loss_count']) if position else LossMeter()
     data_time = utils.AverageMeter()
     start = data_start = time.time()
     samples = 0

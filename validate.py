@@ -9,7 +9,7 @@ A checkpoint written by train.py gives the model, its class count and names, the
 the preprocessing; otherwise these come from the model's pretrained_cfg. A flag overrides either.
 Flag names follow timm's validate.py.
 """
-import van_focal.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
+import van_focal.core.device  # noqa: F401,I001  (before torch: an installed torch_npu without CANN must not break it)
 import argparse
 import logging
 import os
@@ -23,19 +23,24 @@ from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 import van_focal  # noqa: F401  (registers the models)
-from van_focal import device as devices
-from van_focal import run_info
-from van_focal.cli import (UsageError, add_data_root_args, add_model_input_args, add_named_dataset_args,
-                           check_model_name, data_root, given_flags, named_dataset_kwargs, parse_args, run_main,
-                           write_results)
-from van_focal.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
-from van_focal.evaluate import evaluate
+from van_focal.core import device as devices
+from van_focal.train import run_info
+from van_focal.core.errors import UsageError
+from van_focal.cli.args import (add_data_root_args, add_model_input_args, add_named_dataset_args, check_model_name,
+                                data_root, defaults_epilog, given_flags, named_dataset_kwargs, parse_args, run_main,
+                                write_results)
+from van_focal.train.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
+from van_focal.train.evaluate import evaluate
 
 _logger = logging.getLogger('validate')
+# the defaults that differ from timm's own script, also rendered by the docs (training page)
+DOCS_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'docs', 'data')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=defaults_epilog(os.path.join(DOCS_DATA, 'validate_defaults_vs_timm.csv'), 'validate.py'))
     parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
     add_data_root_args(parser, 'dataset root (with a val/ folder), or a folder of class folders')
     parser.add_argument('--dataset', default='', help='timm dataset name ("wds/...", "hfds/..."); default: folders')

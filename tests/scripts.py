@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from van_focal.checkpoint import allow_training_configs
-from van_focal.cli import run_main
-from van_focal.shapes import make_shapes_dataset
+from van_focal.core.checkpoint import allow_training_configs
+from van_focal.cli.args import run_main
+from van_focal.cli.shapes import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # 3 classes of 32x32 images: 24 training images = 3 steps of batch 8 per epoch.
@@ -55,3 +55,23 @@ def error_of(main, argv, capsys) -> str:
     message = err[err.index('error: '):].strip()
     assert len(message.splitlines()) == 1, message
     return message
+
+
+def fails(script_main, argv, capsys, monkeypatch) -> str:
+    """Run a script's main in-process; return its one error message after checking exit status 2."""
+    monkeypatch.setattr(sys, 'argv', ['script'] + [str(a) for a in argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(script_main)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # log lines, then the message
+    assert 'Traceback' not in err and '\nerror: ' in '\n' + err, err
+    message = err[err.index('error: '):] if err.startswith('error: ') else err[err.index('\nerror: ') + 1:]
+    assert len(message.strip().splitlines()) == 1, message
+    return message
+
+
+def train_fails(argv, capsys, monkeypatch, epochs=1):
+    """`fails` for train.py with the tiny run's flags."""
+    sys.path.insert(0, str(REPO))
+    import train
+    return fails(train.main, [*TINY_RUN, '--epochs', epochs, *argv], capsys, monkeypatch)  # argv wins

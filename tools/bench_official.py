@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 
 import van_focal  # noqa: F401
-from van_focal import device as devices
-from van_focal import routes
+from van_focal.core import device as devices
+from van_focal.models import _routes as routes
 from van_focal.models import focal_transformer, van
 
 FOCAL_TINY = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, focal_pool='fc',

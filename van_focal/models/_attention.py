@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from timm.models._features_fx import register_notrace_function
 
-from .. import device as devices
-from .. import routes
+from ..core import device as devices
+from . import _routes as routes
 
 # npu_fusion_attention's documented limits (torch_npu 2.14.0, torch_npu/_op_plugin_docs.py): query heads
 # N 1..256, head dim D 1..768, sequence lengths 1..1M, batch 1..2M; float16 / bfloat16 / float32.
@@ -77,7 +77,7 @@ def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
         return _sdpa(q, k, v, bias, dropout_p, scale)
     # matmuls: float32 only (SDPA accumulates lower precisions in float32), and without dropout (the two
     # draw different masks, and timing would consume random numbers)
-    if q.device.type != 'cpu' or q.dtype != torch.float32 or dropout_p > 0 or routes.capturing_graph():
+    if routes.plain_op(q) or q.dtype != torch.float32 or dropout_p > 0:
         return _sdpa(q, k, v, bias, dropout_p, scale)
     return routes.apply('biased_attention', {
         'sdpa': lambda q, k, v, bias: _sdpa(q, k, v, bias, 0., scale),

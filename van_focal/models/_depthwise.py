@@ -12,16 +12,18 @@ is chosen by measurement (`van_focal.routes`):
 - `dw_conv_grad_weight`: oneDNN's weight-gradient kernel, or for a dilated conv the undilated one on
   the interleaved sub-grids of input and output gradient.
 
-Other devices, TorchScript, exporters and torch.compile get the plain `F.conv2d`.
+Other devices, TorchScript, exporters and torch.compile get the plain `F.conv2d`. `DepthwiseConv` is the
+module: an `nn.Conv2d` with the same parameters, state-dict keys and padding, computed this way.
 """
 from typing import Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from timm.models import register_notrace_function
+from timm.models import register_notrace_function, register_notrace_module
 
-from .. import routes
+from . import _routes as routes
 
 
 def to_subgrids(x: torch.Tensor, d: int) -> torch.Tensor:
@@ -125,6 +127,19 @@ def _routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 @register_notrace_function
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int = 1) -> torch.Tensor:
     """A depth-wise conv with stride 1 and 'same' zero padding (odd kernel), through the fastest exact route."""
-    if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
+    if routes.plain_op(x):
         return _onednn_conv(x, weight, bias, dilation)
     return _routed(x, weight, bias, dilation)
+
+
+@register_notrace_module  # a leaf for torch.fx: its route choice is not traceable
+class DepthwiseConv(nn.Conv2d):
+    """A depth-wise conv with stride 1 and 'same' zero padding (odd kernel, any dilation): `nn.Conv2d`'s
+    parameters and state-dict keys, computed through `depthwise_conv`."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = True):
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                         groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv(x, self.weight, self.bias, self.dilation[0])

@@ -8,7 +8,8 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._hub import check_cached_file
 
-from ..checkpoint import CheckpointError, checkpoint_loading, weights_source
+from ..core.checkpoint import checkpoint_loading, weights_source
+from ..core.errors import CheckpointError
 
 # Published addresses known to serve nothing any more, with where that is reported.
 GONE = {

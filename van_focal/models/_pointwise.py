@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from timm.models import register_notrace_module
 
-from .. import routes
+from . import _routes as routes
 
 
 def _as_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -47,6 +47,6 @@ class PointwiseConv(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
+        if routes.plain_op(x):
             return F.conv2d(x, self.weight, self.bias)
         return _routed(x, self.weight, self.bias)

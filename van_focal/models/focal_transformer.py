@@ -16,27 +16,21 @@ stages expand their windows) follows the official rules for `img_size` (default 
 Official checkpoint keys map as `layers.i.downsample -> stages.(i+1).downsample`, `layers.i -> stages.i`,
 `head -> head.fc`; the index buffers the official code stores are dropped and recomputed.
 """
-import contextlib
 import logging
 import math
 import re
-from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
-from torch.utils._python_dispatch import _disable_current_modes
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._features_fx import register_notrace_function
 
-from .. import routes
-from ._attention import attention_with_bias
+from ._focal_ops import RoutedLinear, WindowPool, gather_qkv, pad_to_windows, window_attention, windows_to_map
+from ._focal_tables import focal_v1_tables, focal_v2_tables, relative_position_index
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 from .focal_resize import fit_to_windows
 
@@ -44,343 +38,22 @@ __all__ = ['FocalTransformer']
 
 _logger = logging.getLogger(__name__)
 
-# The official code masks unusable pooled keys with -100, not -inf; kept for identical logits.
-MASK_VALUE = -100.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Index tables, a function of the input size only: computed once per size and device, cached.
-# ---------------------------------------------------------------------------------------------
-
-def _window_partition_index(height: int, width: int, ws: int) -> torch.Tensor:
-    """(num_windows, ws*ws) flat indices of the tokens of each window of a (height, width) map."""
-    grid = torch.arange(height * width).view(height // ws, ws, width // ws, ws)
-    return grid.permute(0, 2, 1, 3).reshape(-1, ws * ws)
-
-
-def _rolled_neighbour_index(height: int, width: int, ws: int, expand: int) -> torch.Tensor:
-    """(num_windows, n) indices of the surrounding tokens of each window, as the official code
-    selects them: four maps rolled by +-expand (wrapping round the borders), keeping the tokens
-    that fall outside the window, in the official order (duplicates included)."""
-    grid = torch.arange(height * width).view(height, width)
-    corner_masks = []
-    for dy, dx in ((-expand, -expand), (-expand, expand), (expand, -expand), (expand, expand)):
-        rolled = torch.roll(grid, shifts=(dy, dx), dims=(0, 1))
-        windows = rolled.view(height // ws, ws, width // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws, ws)
-        keep = torch.ones(ws, ws, dtype=torch.bool)
-        keep[slice(None, -expand) if dy < 0 else slice(expand, None),
-             slice(None, -expand) if dx < 0 else slice(expand, None)] = False
-        corner_masks.append(windows[:, keep])
-    return torch.cat(corner_masks, 1)
-
-
-def _relative_position_index(q_size: int, k_size: int) -> torch.Tensor:
-    """(q_size**2, k_size**2) index into a ((q_size + k_size - 1)**2) relative-position table."""
-    q = torch.stack(torch.meshgrid(torch.arange(q_size), torch.arange(q_size), indexing='ij')).flatten(1)
-    k = torch.stack(torch.meshgrid(torch.arange(k_size), torch.arange(k_size), indexing='ij')).flatten(1)
-    rel = q[:, :, None] - k[:, None, :] + (k_size - 1)
-    return rel[0] * (q_size + k_size - 1) + rel[1]
-
-
-@lru_cache(maxsize=64)
-def _focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
-                     device: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Key index (num_windows, L) into [fine tokens, pooled tokens, one zero-padding token] and the
-    additive mask (num_windows, L) of the padded pooled positions, for a padded (height, width) map."""
-    nwh, nww = height // ws, width // ws
-    fine_tokens, pooled_tokens = height * width, nwh * nww
-    parts = [_window_partition_index(height, width, ws)]
-    if expand > 0:
-        parts.append(_rolled_neighbour_index(height, width, ws, expand))
-    # focal_window x focal_window pooled windows centred on each window, zero-padded at the borders
-    r = focal_window // 2
-    wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
-    oy, ox = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing='ij')
-    py, px = wy.reshape(-1, 1) + oy.reshape(1, -1), wx.reshape(-1, 1) + ox.reshape(1, -1)
-    valid = (py >= 0) & (py < nwh) & (px >= 0) & (px < nww)
-    pooled = torch.where(valid, fine_tokens + py * nww + px, fine_tokens + pooled_tokens)
-    parts.append(pooled)
-    index = torch.cat(parts, 1)
-    mask = torch.zeros(index.shape)
-    mask[:, -pooled.shape[1]:] = torch.where(valid, 0.0, MASK_VALUE)
-    return index.to(device), mask.to(device)
-
-
-@lru_cache(maxsize=64)
-def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -> Tuple[torch.Tensor, ...]:
-    """Focal-fast: the top-K nearest fine tokens and top-K nearest pooled windows of each window
-    centre, as a key index (num_windows, K0 + K1) into [fine tokens, pooled tokens], then for each
-    of the two levels the query-key coordinate differences of every query in the window,
-    deduplicated: unique coordinates (U, 2) and the inverse index (num_windows, ws*ws, K)."""
-    nwh, nww = math.ceil(height / ws), math.ceil(width / ws)
-    wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
-    centres = torch.stack([wy.flatten(), wx.flatten()])
-    offsets = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing='ij'), -1).view(-1, 2) - ws // 2
-    indices, coords = [], []
-    for level, (kh, kw, scale) in enumerate(((height, width, ws), (nwh, nww, 1))):
-        q = centres * scale + scale // 2 if scale > 1 else centres
-        ky, kx = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing='ij')
-        keys = torch.stack([ky.flatten(), kx.flatten()])
-        k = min(topk, keys.shape[1])
-        # As the official code: torch.topk of the negated distances, row by row (in chunks, so
-        # that detection-sized maps do not need a windows x tokens matrix at once).
-        index = torch.cat([
-            torch.topk(-torch.sqrt(((q_chunk[:, :, None] - keys[:, None, :]).float() ** 2).sum(0)), k, dim=1)[1]
-            for q_chunk in q.split(256, dim=1)])
-        rel = (q.t()[:, None, :] - keys.t()[index])  # nW, K, 2
-        if level > 0:
-            rel = rel * ws
-        rel_window = rel.unsqueeze(1) + offsets[None, :, None, :]  # nW, ws*ws, K, 2
-        # distinct coordinates, found through a 1-d key (torch.unique over rows is slow)
-        low = rel_window.amin((0, 1, 2))
-        span = int((rel_window.amax() - low.min()).item()) + 1
-        flat = (rel_window[..., 0] - low[0]) * span + (rel_window[..., 1] - low[1])
-        unique, inverse = torch.unique(flat, return_inverse=True)
-        unique = torch.stack([unique // span + low[0], unique % span + low[1]], 1)
-        indices.append(index + (height * width if level > 0 else 0))
-        coords += [unique.float().to(device), inverse.to(device)]
-    return (torch.cat(indices, 1).to(device), *coords)
-
-
-@contextlib.contextmanager
-def _real_tensors():
-    """Build tables as ordinary CPU tensors: also inside a `torch.device('meta')` block, inside
-    `torch.inference_mode()` (the cache outlives the block, and training saves them for backward),
-    and untraced while torch.export / torch.onnx / torch.compile run the model on fake tensors or
-    torch.jit.trace records it (the cache outlives the trace; traced graphs take the tables as constants)."""
-    jit_tracing_state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        with _disable_current_modes(), torch.device('cpu'), torch.inference_mode(False):
-            yield
-    finally:
-        torch._C._set_tracing_state(jit_tracing_state)
-
-
-@register_notrace_function
-@torch.jit.ignore
-@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
-def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
-                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    with _real_tensors():
-        return _focal_v1_tables(height, width, ws, expand, focal_window, str(device))
-
-
-@register_notrace_function
-@torch.jit.ignore
-@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
-def focal_v2_tables(height: int, width: int, ws: int, topk: int,
-                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    with _real_tensors():
-        return _focal_v2_tables(height, width, ws, topk, str(device))
-
-
-# ---------------------------------------------------------------------------------------------
-# Layers
-# ---------------------------------------------------------------------------------------------
-
-@register_notrace_function
-def pad_to_windows(x: torch.Tensor, ws: int, centred: bool = False) -> torch.Tensor:
-    """Zero-pad a (B, H, W, C) map to multiples of ws, at the bottom/right or (centred) on both sides."""
-    pad_h, pad_w = (-x.shape[1]) % ws, (-x.shape[2]) % ws
-    if pad_h == 0 and pad_w == 0:
-        return x
-    top, left = (pad_h // 2, pad_w // 2) if centred else (0, 0)
-    return F.pad(x, (0, 0, left, pad_w - left, top, pad_h - top))
-
-
-def _map_to_windows(x: torch.Tensor, nwh: int, nww: int, ws: int, heads: int) -> torch.Tensor:
-    """(B, nwh*ws, nww*ws, C) map -> (B, heads*nW, ws*ws, head_dim) window queries, heads outermost."""
-    B = x.shape[0]
-    x = x.reshape(B, nwh, ws, nww, ws, heads, -1).permute(0, 5, 1, 3, 2, 4, 6)
-    return x.reshape(B, heads * nwh * nww, ws * ws, -1)
-
-
-def _windows_to_map(x: torch.Tensor, nwh: int, nww: int, ws: int) -> torch.Tensor:
-    """(B, heads*nW, ws*ws, head_dim) attention output -> (B, nwh*ws, nww*ws, C) map."""
-    B, _, _, head_dim = x.shape
-    x = x.view(B, -1, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
-    # An explicit copy (reshape copies here anyway, except for one-window maps): otherwise torch.export
-    # records a view valid for the strides of the eager SDPA output only, not of its decomposition.
-    return x.clone(memory_format=torch.contiguous_format).view(B, nwh * ws, nww * ws, -1)
-
-
-def _gather_keys_values(qkv: torch.Tensor, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values (B, heads*nW, S, head_dim) of each window from the (B, N, 3, heads, head_dim)
-    projection of all tokens and an (nW, S) index into them: one gather, heads outermost so that
-    the result is already laid out for attention."""
-    B, _, _, heads, head_dim = qkv.shape
-    kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).index_select(3, index.view(-1))  # (2, B, heads, nW*S, head_dim)
-    kv = kv.view(2, B, heads * index.shape[0], index.shape[1], head_dim)
-    return kv[0], kv[1]  # not unbind: the TorchScript-based ONNX exporter mistranslates it
-
-
-def _gather_qkv_plain(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
-                      ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Window queries (B, heads*nW, ws*ws, head_dim) of the first height*width tokens of the
-    (B, N, 3, heads, head_dim) projection, as a (height, width) map zero-padded to whole windows,
-    and the keys and values of `_gather_keys_values`."""
-    B, _, _, heads, head_dim = qkv.shape
-    q = pad_to_windows(qkv[:, :height * width, 0].reshape(B, height, width, heads * head_dim), ws)
-    q = _map_to_windows(q, q.shape[1] // ws, q.shape[2] // ws, ws, heads)
-    return (q, *_gather_keys_values(qkv, index))
-
-
-class _GatherQKV(torch.autograd.Function):
-    """`_gather_qkv_plain` with a backward writing the gradients of q, k and v straight into ONE
-    zero-initialised gradient of the projection (a strided copy for q, `index_add_` for k and v),
-    where autograd's backward of the slices, selects and gather allocates and adds several
-    projection-sized zero tensors. The same sums in the same order."""
-
-    @staticmethod
-    def forward(ctx, qkv, index, height, width, ws):
-        ctx.save_for_backward(index)
-        ctx.shape, ctx.height, ctx.width, ctx.ws = qkv.shape, height, width, ws
-        return _gather_qkv_plain(qkv, index, height, width, ws)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_q, grad_k, grad_v):
-        index, = ctx.saved_tensors
-        args = (ctx.shape, grad_q, grad_k, grad_v, index, ctx.height, ctx.width, ctx.ws)
-        grad = routes.run('gather_kv_grad', routes.key_of(grad_q, grad_k, index, shape=tuple(ctx.shape)), {
-            'buffer': lambda: _gather_qkv_grad(*args, through_buffer=True),
-            'in_place': lambda: _gather_qkv_grad(*args, through_buffer=False),
-        }, grad_q.device)
-        return grad, None, None, None, None
-
-
-def _gather_qkv_grad(shape: torch.Size, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
-                     index: torch.Tensor, height: int, width: int, ws: int, through_buffer: bool) -> torch.Tensor:
-    """The (B, N, 3, heads, head_dim) gradient of `_gather_qkv_plain`'s input: q's gradient copied back
-    from the windows, and each token's key/value gradient summed over its copies by `index_add_`, either
-    straight into the strided slots or into a contiguous buffer copied in afterwards."""
-    B, N, _, heads, head_dim = shape
-    nwh, nww = -(-height // ws), -(-width // ws)
-    grad = grad_q.new_zeros(shape)
-    windows = grad_q.reshape(B, heads, nwh, nww, ws, ws, head_dim).permute(0, 2, 4, 3, 5, 1, 6)
-    grad_map = windows.reshape(B, nwh * ws, nww * ws, heads, head_dim)[:, :height, :width]
-    grad[:, :height * width, 0].view(B, height, width, heads, head_dim).copy_(grad_map)
-    if through_buffer:
-        buffer = grad.new_zeros(2, B * heads, N, head_dim)
-        for i, grad_kv in enumerate((grad_k, grad_v)):
-            buffer[i].index_add_(1, index.view(-1), grad_kv.reshape(B * heads, -1, head_dim))
-        grad[:, :, 1:].copy_(buffer.view(2, B, heads, N, head_dim).permute(1, 3, 0, 2, 4))
-    else:
-        for slot, grad_kv in ((1, grad_k), (2, grad_v)):
-            grad[:, :, slot].transpose(1, 2).index_add_(2, index.view(-1), grad_kv.reshape(B, heads, -1, head_dim))
-    return grad
-
-
-@torch.jit.unused
-def _gather_qkv_function(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
-                         ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _GatherQKV.apply(qkv, index, height, width, ws)
-
-
-@register_notrace_function
-def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
-               ws: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, keys and values of every window (see `_gather_qkv_plain`); while training in eager
-    mode on the CPU, through `_GatherQKV` for its backward (not yet measured on accelerators)."""
-    if (torch.jit.is_scripting() or not (torch.is_grad_enabled() and qkv.requires_grad) or qkv.device.type != 'cpu'
-            or routes.capturing_graph()):
-        return _gather_qkv_plain(qkv, index, height, width, ws)
-    return _gather_qkv_function(qkv, index, height, width, ws)
-
-
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
-                     scale: float) -> torch.Tensor:
-    """Attention of every window's queries (B, heads*nW, L, D) to its keys and values (B, heads*nW, S, D)
-    with an additive bias (heads, nW, L, S), as one 4-D attention call (`attention_with_bias`).
-
-    Heads and windows share the 'heads' axis, so the bias broadcasts over the batch without a copy,
-    and SDPA can use its fused kernels (with 5-D inputs it falls back to the unfused math path).
-    """
-    mask = bias.to(q.dtype).reshape(1, q.shape[1], q.shape[2], -1)
-    return attention_with_bias(q, k, v, mask, dropout_p, scale)
-
-
-@torch.jit.unused
-def _linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear as a 1x1 conv (oneDNN on the CPU, bias fused) of the tokens viewed as a channels-last column."""
-    tokens = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
-    out = F.conv2d(tokens, weight[:, :, None, None], bias)
-    return out.permute(0, 2, 3, 1).reshape(x.shape[:-1] + (weight.shape[0],))
-
-
-LINEAR_ROUTES = {'addmm': F.linear, 'conv1x1': _linear_as_conv1x1}
-
-
-@torch.jit.unused
-def _linear_routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return routes.apply('linear', LINEAR_ROUTES, *tensors)
-
-
-@register_notrace_function
-def routed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """F.linear; on the CPU through the faster of addmm (GEMM, then or before it a bias pass) and a
-    1x1 conv through oneDNN (bias fused), measured per shape, for inference and training apart."""
-    if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
-        return F.linear(x, weight, bias)
-    return _linear_routed(x, weight, bias)
-
-
-class RoutedLinear(nn.Linear):
-    """nn.Linear (same parameters and state-dict keys) through `routed_linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return routed_linear(x, self.weight, self.bias)
-
-
-class WindowPool(nn.Module):
-    """The 'fc' focal pooling: a learned weighted sum over the ws x ws tokens of each window."""
-
-    def __init__(self, ws: int):
-        super().__init__()
-        self.ws = ws
-        self.fc = nn.Linear(ws * ws, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return window_pool(x, self.fc.weight, self.fc.bias, self.ws)
-
-
-def _pool_einsum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
-    B, H, W, C = x.shape
-    x = x.view(B, H // ws, ws, W // ws, ws, C)
-    return torch.einsum('bhiwjc,ij->bhwc', x, weight.view(ws, ws)) + bias
-
-
-@torch.jit.unused
-def _pool_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
-    """The same weighted sums as a depth-wise conv of stride ws (one kernel shared by all channels)
-    on the map viewed as channels-last NCHW."""
-    C = x.shape[-1]
-    kernel = weight.view(1, 1, ws, ws).expand(C, 1, ws, ws)
-    return F.conv2d(x.permute(0, 3, 1, 2), kernel, bias.expand(C), stride=ws, groups=C).permute(0, 2, 3, 1)
-
-
-@torch.jit.unused
-def _pool_routed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
-    return routes.apply('window_pool', {
-        'einsum': lambda x, weight, bias: _pool_einsum(x, weight, bias, ws),
-        'strided_conv': lambda x, weight, bias: _pool_strided_conv(x, weight, bias, ws),
-    }, x, weight, bias, ws=ws)
-
-
-@register_notrace_function
-def window_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, H/ws, W/ws, C): each window's tokens weighted by the (1, ws*ws) `weight`, summed,
-    plus `bias`. On the CPU through the faster of two measured routes (an einsum, a strided depth-wise conv)."""
-    if torch.jit.is_scripting() or x.device.type != 'cpu' or routes.capturing_graph():
-        return _pool_einsum(x, weight, bias, ws)
-    return _pool_routed(x, weight, bias, ws)
-
 
 class FocalAttention(nn.Module):
     """Focal self-attention (v1): each ws x ws window attends to its own tokens, the tokens in
-    an `expand`-wide ring round it, and a focal_window x focal_window neighbourhood of pooled windows."""
+    an `expand`-wide ring round it, and a focal_window x focal_window neighbourhood of pooled windows.
+
+    Args:
+        dim: channels of the (B, H, W, dim) map.
+        num_heads: attention heads.
+        ws: window size; the map must be padded to multiples of it.
+        expand: width of the ring of fine tokens round each window (0: none).
+        focal_window: side of the neighbourhood of pooled windows each window attends to.
+        qkv_bias: a bias in the q/k/v projection.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+    """
+    per_size_tables = True  # which keys a window sees is a table computed per input size (`_focal_tables`)
 
     def __init__(self, dim: int, num_heads: int, ws: int, expand: int, focal_window: int,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.):
@@ -397,7 +70,7 @@ class FocalAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
-        self.register_buffer('window_bias_index', _relative_position_index(ws, ws), persistent=False)
+        self.register_buffer('window_bias_index', relative_position_index(ws, ws), persistent=False)
         if expand > 0:
             ring = 4 * ws * ws - 4 * (ws - expand) ** 2
             self.relative_position_bias_table_to_neighbors = nn.Parameter(torch.zeros(1, num_heads, ws * ws, ring))
@@ -407,7 +80,7 @@ class FocalAttention(nn.Module):
         self.relative_position_bias_table_to_windows = nn.ParameterList([
             nn.Parameter(torch.zeros(num_heads, (ws + focal_window - 1) ** 2))])
         nn.init.trunc_normal_(self.relative_position_bias_table_to_windows[0], std=.02)
-        self.register_buffer('pooled_bias_index', _relative_position_index(ws, focal_window), persistent=False)
+        self.register_buffer('pooled_bias_index', relative_position_index(ws, focal_window), persistent=False)
 
     def _position_bias(self) -> torch.Tensor:
         """(heads, ws*ws, L) relative-position bias of a window's queries to its keys."""
@@ -434,12 +107,23 @@ class FocalAttention(nn.Module):
         bias = self._position_bias().unsqueeze(1) + pad_mask[None, :, None, :]  # (heads, nW, L, S)
 
         out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
-        return self.proj_drop(self.proj(_windows_to_map(out, nwh, nww, ws)))
+        return self.proj_drop(self.proj(windows_to_map(out, nwh, nww, ws)))
 
 
 class FocalFastAttention(nn.Module):
     """Focal-fast (v2): each window attends to the top-K tokens and top-K pooled windows nearest
-    its centre, with a relative-position bias predicted from coordinates by a small MLP per level."""
+    its centre, with a relative-position bias predicted from coordinates by a small MLP per level.
+
+    Args:
+        dim: channels of the (B, H, W, dim) map.
+        num_heads: attention heads.
+        ws: window size (the map need not be a multiple of it).
+        topk: how many nearest fine tokens, and how many nearest pooled windows, each window attends to.
+        qkv_bias: a bias in the q/k/v projection.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+    """
+    per_size_tables = True  # the top-K keys of each window are a table computed per input size (`_focal_tables`)
 
     def __init__(self, dim: int, num_heads: int, ws: int, topk: int,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.):
@@ -474,12 +158,27 @@ class FocalFastAttention(nn.Module):
         bias = torch.cat(biases, -1)
 
         out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
-        out = _windows_to_map(out, nwh, nww, ws)[:, :H, :W]
+        out = windows_to_map(out, nwh, nww, ws)[:, :H, :W]
         return self.proj_drop(self.proj(out))
 
 
 class FocalBlock(nn.Module):
-    """Post-residual transformer block on a (B, H, W, C) map: x + attn(norm1(x)), x + mlp(norm2(x))."""
+    """Pre-norm transformer block on a (B, H, W, C) map: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    Args:
+        dim: channels.
+        num_heads: attention heads.
+        ws: window size.
+        expand: ring width of v1's attention (unused by Focal-fast).
+        focal_window: pooled neighbourhood of v1's attention (unused by Focal-fast).
+        fast: Focal-fast (v2) attention instead of v1's.
+        topk: Focal-fast's number of nearest keys per level.
+        mlp_ratio: hidden width of the MLP over `dim`.
+        qkv_bias: a bias in the q/k/v projection.
+        proj_drop: dropout after the attention and MLP projections.
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic depth rate of both residual branches.
+    """
 
     def __init__(self, dim: int, num_heads: int, ws: int, expand: int, focal_window: int, fast: bool,
                  topk: int, mlp_ratio: float = 4., qkv_bias: bool = True, proj_drop: float = 0.,
@@ -545,6 +244,34 @@ class FocalStage(nn.Module):
 
 
 class FocalTransformer(nn.Module):
+    """Focal Transformer: a patch embedding, then four stages of focal self-attention blocks on NHWC maps
+    at strides 4, 8, 16 and 32, each stage after the first starting with a 2x downsampling embedding.
+
+    Args:
+        img_size: the input size the stages' window sizes are chosen for (as the official code: a stage
+            whose map fits in one window uses the map as its window); other sizes run too.
+        patch_size: stride of the stem.
+        in_chans: input channels.
+        num_classes: classes of the head (0: no head).
+        global_pool: pooling before the head ('avg', 'max', '' ...; timm's ClassifierHead).
+        embed_dim: channels of the first stage, doubled at each later stage.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: window size of the fine-grained attention.
+        mlp_ratio: MLP hidden width over the channels.
+        qkv_bias: a bias in the q/k/v projections.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate: dropout after the attention and MLP projections.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, rising linearly over the blocks.
+        focal_levels: levels of focal attention per stage (2, as every official model).
+        focal_windows: side of the pooled neighbourhood per stage (v1).
+        expand_sizes: width of the fine ring round each window per stage (v1).
+        use_conv_embed: overlapping conv patch embeddings (7x7 stem, 3x3 downsampling).
+        fast: Focal-fast (v2) attention: top-K nearest tokens and pooled windows.
+        focal_topk: Focal-fast's K.
+    """
+
     def __init__(
             self,
             img_size: Union[int, Tuple[int, int]] = 224,

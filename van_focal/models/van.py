@@ -19,7 +19,7 @@ from timm.models import (
     checkpoint_seq, generate_default_cfgs, register_model, reparameterize_model)
 from timm.models._features import feature_take_indices
 
-from ._depthwise import depthwise_conv
+from ._depthwise import DepthwiseConv
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 from ._pointwise import PointwiseConv
 from .van_layouts import to_timm_layout
@@ -58,14 +58,16 @@ class LargeKernelAttention(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
-        self.conv1 = PointwiseConv(dim, dim)
+        self.conv0 = DepthwiseConv(dim, 5)  # local context
+        self.conv_spatial = DepthwiseConv(dim, 7, dilation=3)  # long-range context (a 19x19 receptive field)
+        self.conv1 = PointwiseConv(dim, dim)  # channel mixing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn = depthwise_conv(x, self.conv0.weight, self.conv0.bias)
-        attn = depthwise_conv(attn, self.conv_spatial.weight, self.conv_spatial.bias, self.conv_spatial.dilation[0])
-        return x * self.conv1(attn)
+        u = x
+        attn = self.conv0(x)
+        attn = self.conv_spatial(attn)
+        attn = self.conv1(attn)
+        return u * attn
 
 
 class SpatialAttention(nn.Module):
@@ -88,17 +90,31 @@ class ConvMlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
         super().__init__()
         self.fc1 = PointwiseConv(dim, hidden_dim)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.dwconv = DepthwiseConv(hidden_dim, 3)
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(depthwise_conv(self.fc1(x), self.dwconv.weight, self.dwconv.bias)))
-        return self.drop(self.fc2(x))
+        x = self.fc1(x)
+        x = self.dwconv(x)
+        x = self.act(x)
+        x = self.drop(x)
+        x = self.fc2(x)
+        return self.drop(x)
 
 
 class VanBlock(nn.Module):
+    """BatchNorm, spatial attention and an MLP, each residual branch scaled per channel (layer scale).
+
+    Args:
+        dim: channels.
+        mlp_ratio: MLP hidden width over `dim`.
+        drop: dropout in the MLP.
+        drop_path: stochastic depth rate of both branches.
+        layer_scale_init_value: initial layer scale.
+    """
+
     def __init__(self, dim: int, mlp_ratio: float = 4., drop: float = 0., drop_path: float = 0.,
                  layer_scale_init_value: float = 1e-2):
         super().__init__()
@@ -185,6 +201,21 @@ class VanStage(nn.Module):
 
 
 class VAN(nn.Module):
+    """Visual Attention Network: four stages at strides 4, 8, 16 and 32, each an overlapping patch
+    embedding, blocks of large-kernel attention and a conv MLP, and a LayerNorm.
+
+    Args:
+        in_chans: input channels.
+        num_classes: classes of the head (0: no head).
+        global_pool: pooling before the head ('avg', 'max', '' ...; timm's ClassifierHead).
+        embed_dims: channels per stage.
+        depths: blocks per stage.
+        mlp_ratios: MLP hidden width over the channels, per stage.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate: dropout in the MLPs.
+        drop_path_rate: stochastic depth, rising linearly over the blocks.
+    """
+
     def __init__(
             self,
             in_chans: int = 3,

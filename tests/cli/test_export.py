@@ -1,0 +1,129 @@
+"""Export: small models of every kind through torch.onnx (checked in onnxruntime) and torch.export;
+Focal's index-table caches stay real tensors through every tracer and inference_mode."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.models._features_fx import create_feature_extractor
+
+from van_focal.core.errors import UsageError
+from van_focal.cli.export import TOLERANCE, export, main
+from van_focal.models import _focal_tables
+
+VAN_SMALL = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_classes=10)
+FOCAL_SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), num_classes=10)
+FOCAL_KINDS = {
+    'v1': 'focal_tiny_patch4_window7_224',
+    'v1_useconv': 'focal_tiny_useconv_patch4_window7_224',
+    'v2': 'focalv2_tiny_useconv_patch4_window7_224',
+}
+
+
+def small(name: str, **kwargs) -> nn.Module:
+    return timm.create_model(name, **(VAN_SMALL if name.startswith('van') else FOCAL_SMALL), **kwargs).eval()
+
+
+# One dynamo-exporter and one TorchScript-exporter file per family, each kind of model at least once
+# (a dynamo export takes tens of seconds even for these small models).
+
+def test_van_onnx_torchscript_dynamic_batch_and_size(tmp_path):
+    differences = export(small('van_b0'), str(tmp_path / 'van.onnx'), (64, 64), dynamic=True, exporter='torchscript')
+    assert set(differences) == {'1x3x64x64', '3x3x64x64', '1x3x96x128', '3x3x96x128'}
+    assert max(differences.values()) <= TOLERANCE
+
+
+@pytest.mark.parametrize('name', ['van_b0', FOCAL_KINDS['v2']])
+def test_features_only_onnx_dynamo_gives_four_maps(tmp_path, name):
+    import onnx
+    path = str(tmp_path / 'features.onnx')
+    dynamic = name.startswith('van')
+    differences = export(small(name, features_only=True), path, (64, 64), dynamic=dynamic)
+    assert len(differences) == (4 if dynamic else 2) and max(differences.values()) <= TOLERANCE
+    assert len(onnx.load(path).graph.output) == 4
+
+
+@pytest.mark.parametrize('kind, exporter', [('v1', 'dynamo'), ('v1_useconv', 'torchscript')])
+def test_focal_onnx_dynamic_batch(tmp_path, kind, exporter):
+    # built for 224 (the pretrained structure), exported at another size
+    differences = export(small(FOCAL_KINDS[kind]), str(tmp_path / 'focal.onnx'), (64, 64), exporter=exporter)
+    assert set(differences) == {'1x3x64x64', '3x3x64x64'}
+    assert max(differences.values()) <= TOLERANCE
+
+
+def test_van_torch_export_program_dynamic_size(tmp_path):
+    differences = export(small('van_b0'), str(tmp_path / 'model.pt2'), (64, 64), dynamic=True)
+    assert len(differences) == 4 and max(differences.values()) <= TOLERANCE
+
+
+def test_focal_dynamic_size_is_refused_with_one_line(tmp_path):
+    with pytest.raises(UsageError, match='one input size per file'):
+        export(small(FOCAL_KINDS['v1']), str(tmp_path / 'x.onnx'), (64, 64), dynamic=True)
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / 'van.onnx'
+    checkpoint = tmp_path / 'van.pth'
+    torch.save(timm.create_model('van_b0', num_classes=10).state_dict(), checkpoint)
+    main(['--model', 'van_b0', '--checkpoint', str(checkpoint), '--num-classes', '10', '--img-size', '32', '48',
+          '--out', str(out), '--exporter', 'torchscript', '--dynamic'])
+    printed = capsys.readouterr().out
+    assert out.exists() and 'input 3x3x32x48' in printed and 'within tolerance' in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# Caches: after a tracer or inference_mode, the model still runs and trains
+# ---------------------------------------------------------------------------------------------
+
+def _clear_table_caches():
+    _focal_tables._focal_v1_tables.cache_clear()
+    _focal_tables._focal_v2_tables.cache_clear()
+
+
+def _assert_usable_after(trace, kind='v1'):
+    """A fresh model (empty caches) goes through `trace`; then an ordinary forward and a training step,
+    which use the tables the tracer cached (a fake or inference tensor among them would fail)."""
+    _clear_table_caches()
+    cache = _focal_tables._focal_v1_tables if kind == 'v1' else _focal_tables._focal_v2_tables
+    model = small(FOCAL_KINDS[kind])
+    x = torch.randn(2, 3, 64, 64)
+    trace(model, x)
+    filled = cache.cache_info()
+    assert filled.currsize > 0
+    with torch.no_grad():
+        model.eval()(x).numpy()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).logsumexp(1).mean().backward()
+    optimizer.step()
+    assert cache.cache_info().hits > filled.hits and cache.cache_info().currsize == filled.currsize
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def _export(model, x):
+    torch.export.export(model, (x,))
+
+
+def _compile(model, x):
+    # backend 'eager': dynamo traces the model on fake tensors (as every backend does), without
+    # the minutes aot_eager / inductor would add on this machine
+    torch._dynamo.reset()
+    torch.compile(model, backend='eager')(x)
+    torch._dynamo.reset()
+
+
+def _fx_trace(model, x):
+    create_feature_extractor(model, return_nodes=['head.fc'])(x)
+
+
+def _inference_mode(model, x):
+    with torch.inference_mode():
+        model(x)
+
+
+@pytest.mark.parametrize('trace', [_export, _compile, _fx_trace, _inference_mode])
+def test_focal_usable_after(trace):
+    _assert_usable_after(trace)
+
+
+def test_focal_v2_usable_after_export():  # Focal-fast's tables need .item() and torch.unique: never traceable
+    _assert_usable_after(_export, 'v2')

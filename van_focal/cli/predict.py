@@ -1,0 +1,161 @@
+"""Classify images: top-k class names and probabilities, like timm's inference.py.
+
+    van-focal-predict photo.jpg more_photos/ --checkpoint output/train/RUN/model_best.pth.tar
+    van-focal-predict photos/ --model van_b2 --pretrained --topk 3 --results-file top3.csv
+
+Inputs are image files or folders (searched recursively). A checkpoint written by train.py gives
+the model, input size, preprocessing and class names; a 1000-class model gets timm's ImageNet-1k
+class names; `--class-map FILE` (one name a line, in index order) overrides either. Results are a
+table on stdout, or `--results-file` as CSV or JSON.
+"""
+import argparse
+import logging
+import os
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from timm import utils
+from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset
+
+from ..core import device as devices
+from ..core.errors import UsageError
+from ..train import run_info
+from ..train.data import IMAGE_EXTENSIONS, convert_image
+from .args import add_model_input_args, check_model_name, given_flags, parse_args, run_main, write_results
+
+_logger = logging.getLogger('predict')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='van-focal-predict', description=__doc__.splitlines()[0])
+    parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults')
+    parser.add_argument('inputs', nargs='+', metavar='IMAGE_OR_FOLDER')
+    parser.add_argument('--model', '-m', default=None, help="default: the checkpoint's")
+    parser.add_argument('--pretrained', action='store_true')
+    parser.add_argument('--checkpoint', default='', metavar='PATH')
+    parser.add_argument('--use-ema', action='store_true', help="prefer the checkpoint's EMA weights")
+    add_model_input_args(parser)
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
+    parser.add_argument('--topk', type=int, default=5)
+    parser.add_argument('-b', '--batch-size', type=int, default=32)
+    parser.add_argument('--workers', '-j', type=int, default=2)
+    parser.add_argument('--device', default=None, help='cuda, npu or cpu (default: the accelerator present)')
+    parser.add_argument('--amp', action='store_true')
+    parser.add_argument('--amp-dtype', default='float16', choices=list(devices.AMP_DTYPES))
+    parser.add_argument('--results-file', default='', help='write the results here (.csv or .json)')
+    parser.add_argument('--results-format', default='', choices=['', 'csv', 'json'], help="default: the file's suffix")
+    return parser
+
+
+def image_files(inputs: List[str]) -> List[str]:
+    """The image files among `inputs` and inside the folders among them, in a stable order."""
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise UsageError(f'{path}: no image files ({"/".join(IMAGE_EXTENSIONS)}) in this folder.')
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise UsageError(f'{path}: no such file or folder.')
+    return files
+
+
+def class_names(model: nn.Module, names: Optional[List[str]]) -> List[str]:
+    """Names of the model's classes: given ones, else timm's ImageNet names for ImageNet-sized heads, else indices."""
+    if names:
+        if len(names) != model.num_classes:
+            raise UsageError(f'{len(names)} class names for a model of {model.num_classes} classes: '
+                             'give a --class-map with one name per class.')
+        return list(names)
+    subset = infer_imagenet_subset(model)
+    if subset:
+        return ImageNetInfo(subset).label_descriptions()
+    return [str(i) for i in range(model.num_classes)]
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, files: List[str], transform, mode: str):
+        self.files, self.transform, self.mode = files, transform, mode
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                return self.transform(convert_image(img, self.mode))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UsageError(f'{path}: cannot decode this image ({e}).') from None
+
+
+def predict(model: nn.Module, files: List[str], data_config: Dict, names: List[str], topk: int, args,
+            device: torch.device) -> List[Dict]:
+    """One row per file: `file`, then `label_i` / `prob_i` for the top-k classes (probabilities in [0, 1])."""
+    transform = create_transform(**{k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std',
+                                                                'crop_pct', 'crop_mode')})
+    dataset = ImageFiles(files, transform, run_info.input_img_mode(args, data_config))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    autocast = devices.autocast(device, args.amp, devices.amp_dtype(args.amp_dtype))
+    topk = min(topk, len(names))
+    rows = []
+    with torch.inference_mode():
+        for batch in loader:
+            with autocast():
+                logits = model(batch.to(device))
+            probs, indices = logits.float().softmax(-1).topk(topk)
+            for probs_row, indices_row in zip(probs.tolist(), indices.tolist()):
+                row = dict(file=files[len(rows)])
+                for rank, (p, i) in enumerate(zip(probs_row, indices_row), 1):
+                    row[f'label_{rank}'], row[f'prob_{rank}'] = names[i], round(p, 4)
+                rows.append(row)
+    return rows
+
+
+
+
+def print_table(rows: List[Dict], topk: int) -> None:
+    for row in rows:
+        best = '  '.join(f"{row[f'label_{k}']} {100 * row[f'prob_{k}']:.1f}%" for k in range(1, topk + 1)
+                         if f'label_{k}' in row)
+        print(f"{row['file']}: {best}")
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if not (args.checkpoint or args.pretrained):
+        raise UsageError('no weights to predict with: pass --checkpoint FILE or --model NAME --pretrained.')
+    args.class_names = None
+    saved = run_info.read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
+    run_info.fill_from_checkpoint(args, saved, given_flags(parser, argv), args.checkpoint)
+    args.model = args.model or 'van_b0'
+    check_model_name(args.model)
+    names = run_info.class_names_from_map(args.class_map) if args.class_map else args.class_names
+    if args.num_classes is None and names:
+        args.num_classes = len(names)
+    files = image_files(args.inputs)
+    device = devices.init_device(args)
+    model = run_info.rebuild_model(args).to(device).eval()
+    data_config = run_info.data_config_for(args, model, saved)
+    rows = predict(model, files, data_config, class_names(model, names), args.topk, args, device)
+    if args.results_file:
+        write_results(args.results_file, rows, args.results_format)
+    else:
+        print_table(rows, args.topk)
+
+
+def run() -> None:
+    """The console script `van-focal-predict`: a user's mistake ends in one line and exit status 2."""
+    run_main(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -1,0 +1,1 @@
+"""The small core every layer may import: errors, device differences, checkpoint reading."""

@@ -1,0 +1,142 @@
+"""Focal Transformer's index tables: which tokens each window attends to, as a function of the input
+size only (not of the weights), computed once per size and device and cached.
+
+The tables are built as ordinary CPU tensors outside every tracer and dispatch mode (`_real_tensors`),
+so that the cache serves eager runs, `torch.device('meta')` construction, inference mode, torch.export,
+ONNX export, torch.compile (tables as constants) and torch.jit.trace alike.
+"""
+import contextlib
+import math
+from functools import lru_cache
+from typing import Tuple
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+from timm.models._features_fx import register_notrace_function
+
+# The official code masks unusable pooled keys with -100, not -inf; kept for identical logits.
+MASK_VALUE = -100.0
+
+
+def _window_partition_index(height: int, width: int, ws: int) -> torch.Tensor:
+    """(num_windows, ws*ws) flat indices of the tokens of each window of a (height, width) map."""
+    grid = torch.arange(height * width).view(height // ws, ws, width // ws, ws)
+    return grid.permute(0, 2, 1, 3).reshape(-1, ws * ws)
+
+
+def _rolled_neighbour_index(height: int, width: int, ws: int, expand: int) -> torch.Tensor:
+    """(num_windows, n) indices of the surrounding tokens of each window, as the official code
+    selects them: four maps rolled by +-expand (wrapping round the borders), keeping the tokens
+    that fall outside the window, in the official order (duplicates included)."""
+    grid = torch.arange(height * width).view(height, width)
+    corner_masks = []
+    for dy, dx in ((-expand, -expand), (-expand, expand), (expand, -expand), (expand, expand)):
+        rolled = torch.roll(grid, shifts=(dy, dx), dims=(0, 1))
+        windows = rolled.view(height // ws, ws, width // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws, ws)
+        keep = torch.ones(ws, ws, dtype=torch.bool)
+        keep[slice(None, -expand) if dy < 0 else slice(expand, None),
+             slice(None, -expand) if dx < 0 else slice(expand, None)] = False
+        corner_masks.append(windows[:, keep])
+    return torch.cat(corner_masks, 1)
+
+
+def relative_position_index(q_size: int, k_size: int) -> torch.Tensor:
+    """(q_size**2, k_size**2) index into a ((q_size + k_size - 1)**2) relative-position table."""
+    q = torch.stack(torch.meshgrid(torch.arange(q_size), torch.arange(q_size), indexing='ij')).flatten(1)
+    k = torch.stack(torch.meshgrid(torch.arange(k_size), torch.arange(k_size), indexing='ij')).flatten(1)
+    rel = q[:, :, None] - k[:, None, :] + (k_size - 1)
+    return rel[0] * (q_size + k_size - 1) + rel[1]
+
+
+@lru_cache(maxsize=64)
+def _focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
+                     device: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Key index (num_windows, L) into [fine tokens, pooled tokens, one zero-padding token] and the
+    additive mask (num_windows, L) of the padded pooled positions, for a padded (height, width) map."""
+    nwh, nww = height // ws, width // ws
+    fine_tokens, pooled_tokens = height * width, nwh * nww
+    parts = [_window_partition_index(height, width, ws)]
+    if expand > 0:
+        parts.append(_rolled_neighbour_index(height, width, ws, expand))
+    # focal_window x focal_window pooled windows centred on each window, zero-padded at the borders
+    r = focal_window // 2
+    wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
+    oy, ox = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing='ij')
+    py, px = wy.reshape(-1, 1) + oy.reshape(1, -1), wx.reshape(-1, 1) + ox.reshape(1, -1)
+    valid = (py >= 0) & (py < nwh) & (px >= 0) & (px < nww)
+    pooled = torch.where(valid, fine_tokens + py * nww + px, fine_tokens + pooled_tokens)
+    parts.append(pooled)
+    index = torch.cat(parts, 1)
+    mask = torch.zeros(index.shape)
+    mask[:, -pooled.shape[1]:] = torch.where(valid, 0.0, MASK_VALUE)
+    return index.to(device), mask.to(device)
+
+
+@lru_cache(maxsize=64)
+def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -> Tuple[torch.Tensor, ...]:
+    """Focal-fast: the top-K nearest fine tokens and top-K nearest pooled windows of each window
+    centre, as a key index (num_windows, K0 + K1) into [fine tokens, pooled tokens], then for each
+    of the two levels the query-key coordinate differences of every query in the window,
+    deduplicated: unique coordinates (U, 2) and the inverse index (num_windows, ws*ws, K)."""
+    nwh, nww = math.ceil(height / ws), math.ceil(width / ws)
+    wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
+    centres = torch.stack([wy.flatten(), wx.flatten()])
+    offsets = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing='ij'), -1).view(-1, 2) - ws // 2
+    indices, coords = [], []
+    for level, (kh, kw, scale) in enumerate(((height, width, ws), (nwh, nww, 1))):
+        q = centres * scale + scale // 2 if scale > 1 else centres
+        ky, kx = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing='ij')
+        keys = torch.stack([ky.flatten(), kx.flatten()])
+        k = min(topk, keys.shape[1])
+        # As the official code: torch.topk of the negated distances, row by row (in chunks, so
+        # that detection-sized maps do not need a windows x tokens matrix at once).
+        index = torch.cat([
+            torch.topk(-torch.sqrt(((q_chunk[:, :, None] - keys[:, None, :]).float() ** 2).sum(0)), k, dim=1)[1]
+            for q_chunk in q.split(256, dim=1)])
+        rel = (q.t()[:, None, :] - keys.t()[index])  # nW, K, 2
+        if level > 0:
+            rel = rel * ws
+        rel_window = rel.unsqueeze(1) + offsets[None, :, None, :]  # nW, ws*ws, K, 2
+        # distinct coordinates, found through a 1-d key (torch.unique over rows is slow)
+        low = rel_window.amin((0, 1, 2))
+        span = int((rel_window.amax() - low.min()).item()) + 1
+        flat = (rel_window[..., 0] - low[0]) * span + (rel_window[..., 1] - low[1])
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        unique = torch.stack([unique // span + low[0], unique % span + low[1]], 1)
+        indices.append(index + (height * width if level > 0 else 0))
+        coords += [unique.float().to(device), inverse.to(device)]
+    return (torch.cat(indices, 1).to(device), *coords)
+
+
+@contextlib.contextmanager
+def _real_tensors():
+    """Build tables as ordinary CPU tensors: also inside a `torch.device('meta')` block, inside
+    `torch.inference_mode()` (the cache outlives the block, and training saves them for backward),
+    and untraced while torch.export / torch.onnx / torch.compile run the model on fake tensors or
+    torch.jit.trace records it (the cache outlives the trace; traced graphs take the tables as constants)."""
+    jit_tracing_state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        with _disable_current_modes(), torch.device('cpu'), torch.inference_mode(False):
+            yield
+    finally:
+        torch._C._set_tracing_state(jit_tracing_state)
+
+
+@register_notrace_function
+@torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
+def focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
+                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    with _real_tensors():
+        return _focal_v1_tables(height, width, ws, expand, focal_window, str(device))
+
+
+@register_notrace_function
+@torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
+def focal_v2_tables(height: int, width: int, ws: int, topk: int,
+                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    with _real_tensors():
+        return _focal_v2_tables(height, width, ws, topk, str(device))
