@@ -32,7 +32,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not scripts" tests
 
 docs: $(VENV)/.installed
-	$(PY) -m mkdocs build --strict --quiet --site-dir output/site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir output/site
 
 clean-venv:
 	rm -rf $(VENV)

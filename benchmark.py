@@ -10,7 +10,7 @@
 For each model: parameters, GMACs per image (torch.utils.flop_counter), and per benchmark the median
 img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
 achieved GFLOP/s (training counted as 3x the forward) against the device's dense matmul rate,
-the routes the CPU's measurement picked (van_focal.routes), and the peak memory (the allocator's
+the routes the CPU's measurement picked (van_focal.models._routes), and the peak memory (the allocator's
 peak on an accelerator; the process's peak resident memory on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 With --onnx, inference is also exported to ONNX as `python -m van_focal.export` does and timed in

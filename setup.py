@@ -15,7 +15,7 @@ setup(
     python_requires='>=3.9',
     install_requires=['torch>=2.4', 'torchvision', 'timm>=1.0.31,<1.1', 'pyyaml'],
     extras_require={
-        # the set of requirements-npu.txt: torch_npu pins torch exactly; see the README for the install order
+        # the set of requirements-npu.txt: torch_npu pins torch exactly; docs/npu.md gives the install order
         'npu': ['torch-npu==2.14.0', 'torch==2.14.0', 'torchvision==0.29.0'],
         'test': ['pytest', 'onnx', 'onnxruntime', 'onnxscript'],
         'export': ['onnx', 'onnxruntime', 'onnxscript'],

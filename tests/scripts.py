@@ -23,7 +23,7 @@ def make_tiny_dataset(root: Path) -> Path:
 
 
 def script_env() -> dict:
-    # VAN_FOCAL_ROUTES=default: each process would otherwise time its own routes (van_focal.routes) and could
+    # VAN_FOCAL_ROUTES=default: each process would otherwise time its own routes (van_focal.models._routes) and could
     # pick others than the run it resumes, which changes float rounding: these tests compare runs bit for bit.
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', PYTHON=sys.executable, VAN_FOCAL_ROUTES='default')
     env.pop('WORLD_SIZE', None)

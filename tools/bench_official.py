@@ -9,7 +9,7 @@ implementations get the same weights, the largest relative logit difference is p
 inference (ours plain and fused) and an SGD training step are timed in interleaved rounds, each
 implementation in NCHW and in channels_last, and the best median of ours is compared with the best
 median of the official code. Also printed: the CPU, the routes our code's measurement picked
-(van_focal.routes), and at the end a Markdown table of the ratios for the README.
+(van_focal.models._routes), and at the end a Markdown table of the ratios.
 """
 import argparse
 import importlib

@@ -1,5 +1,5 @@
 """tools/bench_official.py's plumbing, with our own model standing in for the official code (which is not
-part of the project): it names the CPU and the routes picked, and ends with the README's table."""
+part of the project): it names the CPU and the routes picked, and ends with the table of ratios."""
 import copy
 import sys
 

@@ -1,5 +1,5 @@
 """VAN and Focal Transformer as detection backbones: timm's features_only under torchvision's
-FeaturePyramidNetwork and FasterRCNN at a detection-sized input (512 x 640), as in the README."""
+FeaturePyramidNetwork and FasterRCNN at a detection-sized input (512 x 640), as in docs/detection.md."""
 from collections import OrderedDict
 
 import pytest

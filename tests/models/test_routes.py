@@ -1,4 +1,4 @@
-"""Route choice by measurement (van_focal.routes) and the routes themselves: every route of every op
+"""Route choice by measurement (van_focal.models._routes) and the routes themselves: every route of every op
 gives the plain computation's outputs and gradients, and the official logits."""
 import itertools
 import time

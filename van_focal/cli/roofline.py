@@ -155,7 +155,7 @@ class _Recorder(TorchDispatchMode):
 
 def capture(step: Callable[[], Any]) -> List[KernelCall]:
     """The distinct FLOP-counted aten calls of one `step()`, with their counts and FLOPs. The step runs once
-    before, unrecorded: the first run of a shape also times the routes of `van_focal.routes`."""
+    before, unrecorded: the first run of a shape also times the routes of `van_focal.models._routes`."""
     step()
     recorder = _Recorder()
     with recorder:

@@ -2,7 +2,7 @@
 
 Device choice, the distributed backend, mixed precision (autocast dtype and loss scaling), the fast-math
 switches, the compile backend, the fused attention kernel and synchronisation. The rest of the code only
-sees a `torch.device`. The NPU rules follow torch_npu 2.14.0's own sources (see the README, "Ascend NPU").
+sees a `torch.device`. The NPU rules follow torch_npu 2.14.0's own sources (docs/npu.md).
 """
 import importlib
 import importlib.metadata
@@ -20,7 +20,7 @@ from .errors import DeviceError
 
 
 NPU_INSTALL_HINT = ('Install the torch / torchvision / torch_npu set of requirements-npu.txt and source CANN\'s '
-                    'set_env.sh (README, "Ascend NPU").')
+                    'set_env.sh (docs/npu.md).')
 
 
 def _keep_torch_npu_from_breaking_torch() -> Optional[str]:

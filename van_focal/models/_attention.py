@@ -6,7 +6,7 @@ the math path, fp32 scores even under AMP), `scaled_dot_product_attention` every
 On the CPU, `scaled_dot_product_attention` with a bias that needs a gradient runs its unfused math path,
 which adds a "safe softmax" (isneginf / all / where passes) and a separate mask addition; there the same
 sums as explicit matmuls (`matmul`, in-place bias addition, softmax, `matmul`) can be faster. Which
-of the two routes is, is measured per shape, inference and training apart (`van_focal.routes`, op
+of the two routes is, is measured per shape, inference and training apart (`van_focal.models._routes`, op
 `biased_attention`; training routes timed forward and backward)."""
 from collections import Counter
 from typing import Callable, Optional

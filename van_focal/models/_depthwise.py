@@ -3,7 +3,7 @@
 oneDNN's CPU kernels for these are uneven: its dilated depth-wise kernels are several times slower than
 its plain ones, and its combined backward (input, weight and bias gradients in one call) is slower than
 the three computed apart. Which alternative wins depends on the CPU, the shape and the layout, so each
-is chosen by measurement (`van_focal.routes`):
+is chosen by measurement (`van_focal.models._routes`):
 
 - `dilated_dw_conv` (forward of a dilated conv): oneDNN's dilated kernel, or a plain conv on the d x d
   interleaved sub-grids of the map (`interleaved`).

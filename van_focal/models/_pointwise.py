@@ -1,5 +1,5 @@
 """VAN's 1x1 convs on the CPU as oneDNN convolutions or as GEMMs, whichever measures faster
-(`van_focal.routes`, per shape, layout and training or inference).
+(`van_focal.models._routes`, per shape, layout and training or inference).
 
 A 1x1 conv is a matrix product over channels: on a channels_last map, `F.linear` on its (B, H, W, C)
 view, with no copy; on an NCHW map, a batched matmul over the (B, C, H*W) view. The two libraries behind
