@@ -87,6 +87,14 @@ def test_hostile_pickle_refused_without_running(tmp_path, monkeypatch):
     assert not (tmp_path / 'PWNED').exists()
 
 
+def test_object_array_refused(tmp_path):
+    path = tmp_path / 'objects.pdparams'
+    path.write_bytes(pickle.dumps({'w': np.array([{'a': 1}, [2]], dtype=object)}, protocol=4))
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint_file(str(path))
+    one_line(error, str(path), 'not of numbers')
+
+
 def test_paddle_optimizer_file(tmp_path, caplog):
     raw = raw_paddle()
     moments = {'linear_0.w_0_moment1_0': np.zeros((49, 1), np.float32), 'linear_0.w_0_beta1_pow_acc_0': np.ones(1, np.float32),

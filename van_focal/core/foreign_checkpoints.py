@@ -142,6 +142,9 @@ def read_paddle(path: str) -> Dict[str, torch.Tensor]:
         _logger.warning(f'{path}: loading its weights only; {len(optimizer)} optimizer entries left out.')
     state_dict = {}
     for key, value in weights.items():
+        if value.dtype.kind not in 'biufc':
+            raise CheckpointError(f'{path}: {key} is an array of {value.dtype}, not of numbers: not a PaddlePaddle '
+                                  'state dict.')
         tensor = torch.from_numpy(np.array(value, copy=True))
         paddle_name = str(paddle_names.get(key, ''))
         is_linear = paddle_name.startswith('linear_') if paddle_names else key.endswith('.weight')
