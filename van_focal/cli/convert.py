@@ -22,7 +22,6 @@ import os
 from typing import Any, Dict, Optional
 
 import timm
-import torch
 import torch.nn as nn
 from timm import utils
 
