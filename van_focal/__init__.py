@@ -4,7 +4,9 @@ from .core.version import __version__  # noqa: F401
 from . import models  # noqa: F401  (registers the models with timm)
 from .core.checkpoint import allow_training_configs, load_checkpoint  # noqa: F401
 from .core.errors import CheckpointError  # noqa: F401
+from .core.foreign_checkpoints import read_foreign_files_in_timm
 from .train.augment import patch_timm_posterize
 
 allow_training_configs()
+read_foreign_files_in_timm()  # timm's checkpoint reader also reads PaddlePaddle .pdparams and MindSpore .ckpt
 patch_timm_posterize()

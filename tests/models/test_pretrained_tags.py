@@ -45,10 +45,14 @@ FOCAL_TAGS = {
     'focalv2_base_useconv_patch4_window7_224.in1k': ('focalv2-base-useconv-is224-ws7.pth', '84.0'),
 }
 
+# PaddleViT's port of the six Focal v1 models (tested in tests/models/test_foreign_weights.py).
+PADDLE_TAGS = [f"{tag.split('.')[0]}.paddle_in1k" for tag in FOCAL_TAGS if not tag.startswith('focalv2')]
+
 
 def test_list_pretrained_shows_every_published_weight():
     assert timm.list_pretrained('van_*') == sorted(VAN_TAGS)
-    assert sorted(timm.list_pretrained('focal_*') + timm.list_pretrained('focalv2_*')) == sorted(FOCAL_TAGS)
+    assert sorted(timm.list_pretrained('focal_*') + timm.list_pretrained('focalv2_*')) == sorted(
+        list(FOCAL_TAGS) + PADDLE_TAGS)
 
 
 @pytest.mark.parametrize('tag', VAN_TAGS)

@@ -9,9 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import van_focal
 from conftest import golden, relative_error
 
-# Official parameter counts (1000 classes).
+# Official parameter counts (1000 classes); van_b6 as its only published weights, OpenMMLab's 283.9 M
+# (stage-3 width 480; the paper's 384 gives 199_829_416, see tests/models/test_foreign_weights.py).
 VAN_PARAMS = {'van_b0': 4_105_800, 'van_b1': 13_861_800, 'van_b2': 26_578_472, 'van_b3': 44_765_608,
-              'van_b4': 60_283_176, 'van_b5': 89_967_688, 'van_b6': 199_829_416}
+              'van_b4': 60_283_176, 'van_b5': 89_967_688, 'van_b6': 283_897_096}
 VAN_GMACS = {'van_b0': 0.9, 'van_b1': 2.5, 'van_b2': 5.0, 'van_b3': 9.0, 'van_b4': 12.2}
 GOLDEN = 'van_tiny_cfg'
 

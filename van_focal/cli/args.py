@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import timm
+from timm import utils
 import yaml
 
 from ..core.errors import USER_ERRORS, UsageError  # noqa: F401  (UsageError: imported from here by the scripts)
@@ -59,6 +60,12 @@ def _check_value(path: str, key: str, value: Any, action: argparse.Action) -> An
     """`value` converted to what `action` would have parsed from the command line, or a UsageError."""
     if value is None:
         return None
+    if isinstance(action, utils.ParseKwargs):  # --model-kwargs: a mapping in YAML, or KEY=VALUE strings
+        if isinstance(value, dict):
+            return dict(value)
+        parsed = argparse.Namespace()
+        action(None, parsed, [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])])
+        return getattr(parsed, action.dest)
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise _config_error(path, f"key '{key}' must be true or false, got {value!r}.")

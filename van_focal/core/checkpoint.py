@@ -19,6 +19,7 @@ import torch.nn as nn
 from timm.models import load_checkpoint as timm_load_checkpoint
 
 from .errors import CheckpointError
+from .foreign_checkpoints import read_foreign_checkpoint
 
 
 
@@ -70,7 +71,11 @@ def _raised_by_torch_load(error: BaseException) -> bool:
 
 
 def read_checkpoint_file(path: str, trusted: bool = False) -> Any:
-    """torch.load of `path` on the CPU, memory-mapped where the format allows it (zip files, not legacy ones)."""
+    """torch.load of `path` on the CPU, memory-mapped where the format allows it (zip files, not legacy ones);
+    PaddlePaddle and MindSpore files are read without their frameworks (`foreign_checkpoints`)."""
+    foreign = read_foreign_checkpoint(path)
+    if foreign is not None:
+        return foreign
     with open(path, 'rb') as f:
         is_zip = f.read(2) == b'PK'
     return torch.load(path, map_location='cpu', weights_only=not trusted, mmap=is_zip)

@@ -73,27 +73,39 @@ def _focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window
     return index.to(device), mask.to(device)
 
 
-@lru_cache(maxsize=64)
-def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -> Tuple[torch.Tensor, ...]:
-    """Focal-fast: the top-K nearest fine tokens and top-K nearest pooled windows of each window
-    centre, as a key index (num_windows, K0 + K1) into [fine tokens, pooled tokens], then for each
-    of the two levels the query-key coordinate differences of every query in the window,
-    deduplicated: unique coordinates (U, 2) and the inverse index (num_windows, ws*ws, K)."""
+def _focal_v2_topk(height: int, width: int, ws: int, topk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Focal-fast's choice of keys: the top-K nearest fine tokens (num_windows, K0) and the top-K nearest
+    pooled windows (num_windows, K1) of each window centre, as the official code chooses them."""
     nwh, nww = math.ceil(height / ws), math.ceil(width / ws)
     wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
     centres = torch.stack([wy.flatten(), wx.flatten()])
-    offsets = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing='ij'), -1).view(-1, 2) - ws // 2
-    indices, coords = [], []
-    for level, (kh, kw, scale) in enumerate(((height, width, ws), (nwh, nww, 1))):
+    indices = []
+    for kh, kw, scale in ((height, width, ws), (nwh, nww, 1)):
         q = centres * scale + scale // 2 if scale > 1 else centres
         ky, kx = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing='ij')
         keys = torch.stack([ky.flatten(), kx.flatten()])
         k = min(topk, keys.shape[1])
         # As the official code: torch.topk of the negated distances, row by row (in chunks, so
         # that detection-sized maps do not need a windows x tokens matrix at once).
-        index = torch.cat([
+        indices.append(torch.cat([
             torch.topk(-torch.sqrt(((q_chunk[:, :, None] - keys[:, None, :]).float() ** 2).sum(0)), k, dim=1)[1]
-            for q_chunk in q.split(256, dim=1)])
+            for q_chunk in q.split(256, dim=1)]))
+    return indices[0], indices[1]
+
+
+def focal_v2_tables_from_index(height: int, width: int, ws: int, index0: torch.Tensor,
+                               index1: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The tables of `focal_v2_tables` for a given choice of keys: `index0` (num_windows, K0) into the
+    height x width tokens, `index1` (num_windows, K1) into the pooled windows (CPU tensors)."""
+    nwh, nww = math.ceil(height / ws), math.ceil(width / ws)
+    wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
+    centres = torch.stack([wy.flatten(), wx.flatten()])
+    offsets = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing='ij'), -1).view(-1, 2) - ws // 2
+    indices, coords = [], []
+    for level, (index, (kh, kw, scale)) in enumerate(zip((index0, index1), ((height, width, ws), (nwh, nww, 1)))):
+        q = centres * scale + scale // 2 if scale > 1 else centres
+        ky, kx = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing='ij')
+        keys = torch.stack([ky.flatten(), kx.flatten()])
         rel = (q.t()[:, None, :] - keys.t()[index])  # nW, K, 2
         if level > 0:
             rel = rel * ws
@@ -105,8 +117,18 @@ def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -
         unique, inverse = torch.unique(flat, return_inverse=True)
         unique = torch.stack([unique // span + low[0], unique % span + low[1]], 1)
         indices.append(index + (height * width if level > 0 else 0))
-        coords += [unique.float().to(device), inverse.to(device)]
-    return (torch.cat(indices, 1).to(device), *coords)
+        coords += [unique.float(), inverse]
+    return (torch.cat(indices, 1), *coords)
+
+
+@lru_cache(maxsize=64)
+def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -> Tuple[torch.Tensor, ...]:
+    """Focal-fast: the top-K nearest fine tokens and top-K nearest pooled windows of each window
+    centre, as a key index (num_windows, K0 + K1) into [fine tokens, pooled tokens], then for each
+    of the two levels the query-key coordinate differences of every query in the window,
+    deduplicated: unique coordinates (U, 2) and the inverse index (num_windows, ws*ws, K)."""
+    tables = focal_v2_tables_from_index(height, width, ws, *_focal_v2_topk(height, width, ws, topk))
+    return tuple(t.to(device) for t in tables)
 
 
 @contextlib.contextmanager

@@ -15,23 +15,28 @@ stages expand their windows) follows the official rules for `img_size` (default 
 
 Official checkpoint keys map as `layers.i.downsample -> stages.(i+1).downsample`, `layers.i -> stages.i`,
 `head -> head.fc`; the index buffers the official code stores are dropped and recomputed.
+PaddleViT's `.pdparams` (read by `core.foreign_checkpoints`, which transposes Paddle's Linear weights) carry the
+official names. The MindSpore port of Focal-fast (`finder4alex/Focal-Transformer-Ascend`, `.ckpt`) names stage 0
+`0.blocks.j` / `0.downsample` and stages 1-3 `0.blocks.0.pool_layers.i.*` (how MindSpore names cells appended to a
+list); its top-K key tables are kept and used as stored (`FocalFastAttention.store_key_tables`: the port broke
+ties differently), and the model switches to the tanh-approximated GELU it was trained with.
 """
 import logging
 import math
 import re
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
+from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, get_act_layer
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ._focal_ops import RoutedLinear, WindowPool, gather_qkv, pad_to_windows, window_attention, windows_to_map
-from ._focal_tables import focal_v1_tables, focal_v2_tables, relative_position_index
-from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from ._focal_tables import focal_v1_tables, focal_v2_tables, focal_v2_tables_from_index, relative_position_index
+from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from .focal_resize import fit_to_windows
 
 __all__ = ['FocalTransformer']
@@ -141,6 +146,35 @@ class FocalFastAttention(nn.Module):
         self.coord2rpb_all = nn.ModuleList([
             nn.Sequential(nn.Linear(2, head_dim), nn.ReLU(inplace=True), nn.Linear(head_dim, num_heads))
             for _ in range(2)])
+        self.stored_key_size: Optional[Tuple[int, int]] = None  # see store_key_tables
+
+    def store_key_tables(self, index0: torch.Tensor, index1: torch.Tensor) -> None:
+        """Attend, at the input size they were made for, to the keys these tables name instead of computing
+        the top-K choice: `index0` (num_windows, K0) into the tokens, `index1` (num_windows, K1) into the pooled
+        windows, of a square map (as checkpoints store them). Which of equally near tokens make the top K is
+        a matter of tie-breaking, and the MindSpore port's choice differs from torch.topk's in most windows;
+        its weights give its logits only with its own tables. Kept as the buffers `stored_key_index_0/1`
+        (saved with the weights); other input sizes compute their tables as usual."""
+        windows = index0.shape[0]
+        side = math.isqrt(windows) * self.ws
+        if math.isqrt(windows) ** 2 != windows or index1.shape[0] != windows:
+            raise ValueError(f'top-K tables of {windows} and {index1.shape[0]} windows: not those of a square map.')
+        index0, index1 = index0.detach().long().cpu(), index1.detach().long().cpu()
+        device = self.qkv.weight.device
+        tables = focal_v2_tables_from_index(side, side, self.ws, index0, index1)
+        for name, table in zip(('index', 'unique0', 'inverse0', 'unique1', 'inverse1'), tables):
+            self.register_buffer(f'stored_{name}', table.to(device), persistent=False)
+        self.register_buffer('stored_key_index_0', index0.to(device))
+        self.register_buffer('stored_key_index_1', index1.to(device))
+        self.stored_key_size = (side, side)
+
+    @torch.jit.ignore
+    def _key_tables(self, H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor, torch.Tensor]:
+        """The stored tables at the size they were made for (`store_key_tables`), else the computed ones."""
+        if self.stored_key_size == (H, W):
+            return self.stored_index, self.stored_unique0, self.stored_inverse0, self.stored_unique1, self.stored_inverse1
+        return focal_v2_tables(H, W, self.ws, self.topk, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape  # not padded: the keys are the real tokens nearest each window
@@ -149,7 +183,7 @@ class FocalFastAttention(nn.Module):
         pooled = self.pool(pad_to_windows(x, ws, centred=True))  # the official v2 pads centred to pool
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
-        index, unique0, inverse0, unique1, inverse1 = focal_v2_tables(H, W, ws, self.topk, x.device)
+        index, unique0, inverse0, unique1, inverse1 = self._key_tables(H, W, x.device)
         q, k, v = gather_qkv(qkv, index, H, W, ws)
         biases = []
         for mlp, (unique, inverse) in zip(self.coord2rpb_all, ((unique0, inverse0), (unique1, inverse1))):
@@ -178,11 +212,12 @@ class FocalBlock(nn.Module):
         proj_drop: dropout after the attention and MLP projections.
         attn_drop: dropout on the attention weights.
         drop_path: stochastic depth rate of both residual branches.
+        act_layer: the MLP's activation.
     """
 
     def __init__(self, dim: int, num_heads: int, ws: int, expand: int, focal_window: int, fast: bool,
                  topk: int, mlp_ratio: float = 4., qkv_bias: bool = True, proj_drop: float = 0.,
-                 attn_drop: float = 0., drop_path: float = 0.):
+                 attn_drop: float = 0., drop_path: float = 0., act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.ws = ws
         self.fast = fast
@@ -193,7 +228,7 @@ class FocalBlock(nn.Module):
             self.attn = FocalAttention(dim, num_heads, ws, expand, focal_window, qkv_bias, attn_drop, proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         for name in ('fc1', 'fc2'):
             linear = getattr(self.mlp, name)
             setattr(self.mlp, name, RoutedLinear(linear.in_features, linear.out_features))
@@ -270,6 +305,8 @@ class FocalTransformer(nn.Module):
         use_conv_embed: overlapping conv patch embeddings (7x7 stem, 3x3 downsampling).
         fast: Focal-fast (v2) attention: top-K nearest tokens and pooled windows.
         focal_topk: Focal-fast's K.
+        act_layer: the MLPs' activation, a class or timm name (default nn.GELU; 'gelu_tanh' for weights trained
+            with MindSpore, which loading such a file also switches to).
     """
 
     def __init__(
@@ -295,8 +332,10 @@ class FocalTransformer(nn.Module):
             use_conv_embed: bool = False,
             fast: bool = False,
             focal_topk: int = 128,
+            act_layer: Union[str, Callable[[], nn.Module]] = nn.GELU,
     ):
         super().__init__()
+        act_layer = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
         if any(level != 2 for level in focal_levels):
             raise ValueError(f'focal_levels={focal_levels}: only 2 levels (as every official model) are implemented.')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -319,7 +358,7 @@ class FocalTransformer(nn.Module):
                 dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, use_conv_embed=use_conv_embed,
                 num_heads=num_heads[i], ws=ws, expand=expand, focal_window=focal_windows[i], fast=fast,
                 topk=focal_topk, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate, drop_path=dpr[i]))
+                attn_drop=attn_drop_rate, drop_path=dpr[i], act_layer=act_layer))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
@@ -451,17 +490,60 @@ def _warn_if_topk_differs(state_dict: Dict[str, Any], model: nn.Module) -> None:
                         'from the official code run with this checkpoint.')
 
 
+# The MindSpore port: stages 1-3 nested under stage 0's first block, `0.blocks.0.pool_layers.{i}`.
+_MINDSPORE_NESTED_STAGE = re.compile(r'^0\.blocks\.0\.pool_layers\.([1-9]\d*)\.(?=blocks\.|downsample\.)')
+_MINDSPORE_TABLE = re.compile(r'^(stages\.\d+\.blocks\.\d+\.attn)\.topk_cloest_(indice|coords)_param_([01])$')
+_STORED_KEYS = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.attn\.stored_key_index_0$')
+
+
+def _from_mindspore(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """The MindSpore port's Focal-fast weights under the official names, its top-K tables as this model's
+    `stored_key_index_*` (the coordinate tables, which follow from them, and `window_coords` dropped)."""
+    use_tanh_gelu(model, 'Focal-fast weights of the MindSpore port')
+    official = {re.sub(r'^0\.', 'layers.0.', _MINDSPORE_NESTED_STAGE.sub(r'layers.\1.', k)): v
+                for k, v in state_dict.items()}
+    mapped = {}
+    for key, value in official.items():
+        if key.endswith('.window_coords'):
+            continue
+        key = _official_key(key)
+        table = _MINDSPORE_TABLE.match(key)
+        if table and table.group(2) == 'coords':
+            continue
+        mapped[f'{table.group(1)}.stored_key_index_{table.group(3)}' if table else key] = value
+    return mapped
+
+
+def _store_key_tables(state_dict: Dict[str, Any], model: nn.Module) -> None:
+    """Hand the top-K tables a state dict carries (`stored_key_index_0/1`) to the model's attention modules
+    before loading, so that strict loading finds their buffers."""
+    for key in state_dict:
+        found = _STORED_KEYS.match(key)
+        other = key[:-1] + '1'
+        if not found or other not in state_dict or not hasattr(model, 'stages'):
+            continue
+        stage, block = int(found.group(1)), int(found.group(2))
+        if stage < len(model.stages) and block < len(model.stages[stage].blocks):
+            attn = model.stages[stage].blocks[block].attn
+            if isinstance(attn, FocalFastAttention):
+                attn.store_key_tables(state_dict[key], state_dict[other])
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """Map an official checkpoint (or its `model` entry) to this layout, dropping the official
-    index buffers (recomputed here), and fit relative-position tables to the model's window sizes
-    (`focal_resize`); timm-layout dicts of the built size pass as they are. Keys `layers.N.` of
-    this package's checkpoints from before the stage container was named `stages` are renamed."""
+    """Map an official checkpoint (or its `model` entry), PaddleViT's (the same names) or the MindSpore
+    port's to this layout, dropping the official index buffers (recomputed here), and fit relative-position
+    tables to the model's window sizes (`focal_resize`); timm-layout dicts of the built size pass as they
+    are. Keys `layers.N.` of this package's checkpoints from before the stage container was named `stages`
+    are renamed. Stored top-K tables (the MindSpore port's, or this model's `stored_key_index_*`) are used."""
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
+    if any(k.startswith('0.blocks.0.') for k in state_dict):
+        state_dict = _from_mindspore(state_dict, model)
+    elif any(k.startswith('layers.0.blocks.0.pool_layers') or k == 'head.weight' for k in state_dict):
         _warn_if_topk_differs(state_dict, model)
         state_dict = {_official_key(k): v for k, v in state_dict.items() if not _OFFICIAL_BUFFERS.search(k)}
     elif any(k.startswith('layers.') for k in state_dict):
         state_dict = {re.sub(r'^layers\.', 'stages.', k): v for k, v in state_dict.items()}
+    _store_key_tables(state_dict, model)
     return fit_to_windows(state_dict, model)
 
 
@@ -492,6 +574,29 @@ def _cfg(filename: str, top1: float, **kwargs) -> Dict[str, Any]:
     }
 
 
+# PaddleViT's port of the official weights (PaddlePaddle .pdparams), listed in BR-IDL/PaddleViT's
+# image_classification/Focal_Transformer/README.md with their top-1 there: model -> (top-1, Google Drive file
+# id, Baidu share id, Baidu code). Only a person can download them; the file name (the URL's fragment,
+# ignored by the server) is what `pretrained=True` looks for in torch.hub's cache (models/_helpers.py).
+_PADDLEVIT = {
+    'focal_tiny_patch4_window7_224': ('82.03', '1HzZJbYH_eIo94h0wLUhqTyJ6AYthNKRh', '1JCr2qIA-SZvTqbTO-m2OwA', 'i8c2'),
+    'focal_tiny_useconv_patch4_window7_224': ('82.70', '1PS0-gdXHGl95LqH5k5DG62AH6D3i7v0D', '1tVztox4bVJuJEjkD1fLaHQ', 'smrk'),
+    'focal_small_patch4_window7_224': ('83.55', '1HnVAYsI_hmiomyS4Ax3ccPE7gk4mlTU8', '1b7uugAY9RhrgTkUwYcvvow', 'dwd8'),
+    'focal_small_useconv_patch4_window7_224': ('83.85', '1vcHjYiGNMayoSTPoM8z39XRH6h89TB9V', '174a2aZzCEt3teLuAnIzMtA', 'nr7n'),
+    'focal_base_patch4_window7_224': ('83.98', '1bNMegxetWpwZNcmDEC3MHCal6SNXSgWR', '1piBslNhxWR78aQJIdoZjEw', '8akn'),
+    'focal_base_useconv_patch4_window7_224': ('84.18', '1-J2gDnKrvZGtasvsAYozrbMXR2LtIJ43', '1GTLfnTlt6I6drPdfSWB1Iw', '5nfi'),
+}
+
+
+def _paddle_cfg(model: str) -> Dict[str, Any]:
+    top1, drive, baidu, code = _PADDLEVIT[model]
+    return _cfg(
+        f'{model}.pdparams', float(top1), url=f'https://drive.google.com/file/d/{drive}/view?usp=sharing#{model}.pdparams',
+        origin_url='https://github.com/BR-IDL/PaddleViT/tree/develop/image_classification/Focal_Transformer',
+        notes=(f'ImageNet-1k top-1 {top1} (PaddleViT port of the official weights)',
+               f'file {model}.pdparams (PaddlePaddle); also on Baidu https://pan.baidu.com/s/{baidu}?pwd={code}'))
+
+
 default_cfgs = generate_default_cfgs({
     'focal_tiny_patch4_window7_224.in1k': _cfg('focal-tiny-is224-ws7.pth', 82.2),
     'focal_small_patch4_window7_224.in1k': _cfg('focal-small-is224-ws7.pth', 83.6),
@@ -502,6 +607,7 @@ default_cfgs = generate_default_cfgs({
     'focalv2_tiny_useconv_patch4_window7_224.in1k': _cfg('focalv2-tiny-useconv-is224-ws7.pth', 82.4),
     'focalv2_small_useconv_patch4_window7_224.in1k': _cfg('focalv2-small-useconv-is224-ws7.pth', 83.6),
     'focalv2_base_useconv_patch4_window7_224.in1k': _cfg('focalv2-base-useconv-is224-ws7.pth', 84.0),
+    **{f'{model}.paddle_in1k': _paddle_cfg(model) for model in _PADDLEVIT},
 })
 
 _TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)

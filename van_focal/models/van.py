@@ -9,20 +9,20 @@ OpenMMLab releases, are mapped by `checkpoint_filter_fn` (see `van_layouts`), wh
 `load_state_dict`, so `timm.models.load_checkpoint` takes them as they are.
 """
 import copy
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, calculate_drop_path_rates
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, calculate_drop_path_rates, get_act_layer
 from timm.models import (
     checkpoint_seq, generate_default_cfgs, register_model, reparameterize_model)
 from timm.models._features import feature_take_indices
 
 from ._depthwise import DepthwiseConv
-from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
+from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from ._pointwise import PointwiseConv
-from .van_layouts import to_timm_layout
+from .van_layouts import is_mindspore, to_timm_layout
 
 __all__ = ['VAN']
 
@@ -73,10 +73,10 @@ class LargeKernelAttention(nn.Module):
 class SpatialAttention(nn.Module):
     """1x1 conv, GELU, LKA, 1x1 conv, with the attention's own residual."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.proj_1 = PointwiseConv(dim, dim)
-        self.activation = nn.GELU()
+        self.activation = act_layer()
         self.spatial_gating_unit = LargeKernelAttention(dim)
         self.proj_2 = PointwiseConv(dim, dim)
 
@@ -87,11 +87,11 @@ class SpatialAttention(nn.Module):
 class ConvMlp(nn.Module):
     """1x1 conv, 3x3 depth-wise conv, GELU, 1x1 conv."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0., act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.fc1 = PointwiseConv(dim, hidden_dim)
         self.dwconv = DepthwiseConv(hidden_dim, 3)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.drop = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden_dim, dim)
 
@@ -113,15 +113,16 @@ class VanBlock(nn.Module):
         drop: dropout in the MLP.
         drop_path: stochastic depth rate of both branches.
         layer_scale_init_value: initial layer scale.
+        act_layer: the activation (GELU; MindSpore-trained weights want its tanh approximation).
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4., drop: float = 0., drop_path: float = 0.,
-                 layer_scale_init_value: float = 1e-2):
+                 layer_scale_init_value: float = 1e-2, act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = SpatialAttention(dim)
+        self.attn = SpatialAttention(dim, act_layer)
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop, act_layer=act_layer)
         self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -183,12 +184,13 @@ class OverlapPatchEmbed(nn.Module):
 
 class VanStage(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, depth: int, first: bool, mlp_ratio: float,
-                 drop: float, drop_path_rates: List[float]):
+                 drop: float, drop_path_rates: List[float], act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = OverlapPatchEmbed(in_chs, out_chs, kernel_size=7 if first else 3, stride=4 if first else 2)
         self.blocks = nn.Sequential(*[
-            VanBlock(out_chs, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path_rates[i]) for i in range(depth)])
+            VanBlock(out_chs, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path_rates[i], act_layer=act_layer)
+            for i in range(depth)])
         self.norm = LayerNorm2d(out_chs, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,6 +216,8 @@ class VAN(nn.Module):
         drop_rate: dropout before the classifier.
         proj_drop_rate: dropout in the MLPs.
         drop_path_rate: stochastic depth, rising linearly over the blocks.
+        act_layer: the activation, a class or timm name (default nn.GELU; 'gelu_tanh' for MindSpore-trained
+            weights, which loading such a file also switches to).
     """
 
     def __init__(
@@ -227,8 +231,10 @@ class VAN(nn.Module):
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            act_layer: Union[str, Callable[[], nn.Module]] = nn.GELU,
     ):
         super().__init__()
+        act_layer = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = embed_dims[-1]
@@ -239,7 +245,7 @@ class VAN(nn.Module):
         prev_chs = in_chans
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
             stages.append(VanStage(prev_chs, dim, depth, first=i == 0, mlp_ratio=mlp_ratios[i],
-                                   drop=proj_drop_rate, drop_path_rates=dpr[i]))
+                                   drop=proj_drop_rate, drop_path_rates=dpr[i], act_layer=act_layer))
             prev_chs = dim
             self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 2), module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
@@ -343,9 +349,13 @@ def _init_weights(m: nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """Map a VAN checkpoint in any published layout (official, HF transformers, OpenMMLab; see
-    `van_layouts`), or its `state_dict` entry, to this layout; timm-layout dicts pass as they are."""
-    return to_timm_layout(unwrap_state_dict(state_dict))
+    """Map a VAN checkpoint in any published layout (official, HF transformers, OpenMMLab, the MindSpore
+    ports; see `van_layouts`), or its `state_dict` entry, to this layout; timm-layout dicts pass as they
+    are. MindSpore weights also switch the model's GELUs to the tanh approximation they were trained with."""
+    state_dict = unwrap_state_dict(state_dict)
+    if is_mindspore(state_dict):
+        use_tanh_gelu(model, 'VAN weights of a MindSpore port')
+    return to_timm_layout(state_dict)
 
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
@@ -421,6 +431,7 @@ default_cfgs = generate_default_cfgs({
     # b5 and b6 exist only as ImageNet-22k weights, which (as timm's other in22k-only models) are the
     # default pretrained_cfg: build with num_classes=1000 for ImageNet-1k.
     'van_b5.in22k': _in22k('van-b5_3rdparty_in21k_20220909-18e904e3.pth'),
+    # The B6 file has stage-3 width 480, not the paper's 384: van_b6 follows the file (see van_b6).
     'van_b6.in22k': _in22k('van-b6_3rdparty_in21k_20220909-96c2cb3a.pth'),
 })
 
@@ -463,5 +474,8 @@ def van_b5(pretrained: bool = False, **kwargs) -> VAN:
 
 @register_model
 def van_b6(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(embed_dims=(96, 192, 384, 768), depths=(6, 6, 90, 6))
+    """VAN-B6 as its only published weights are (OpenMMLab's van-b6_3rdparty_in21k, 283.9 M parameters at 1000
+    classes): stage widths 96/192/480/768. The paper and the official code give 96/192/384/768 (199.8 M), which
+    no published file fits; pass embed_dims=(96, 192, 384, 768) for that model."""
+    model_args = dict(embed_dims=(96, 192, 480, 768), depths=(6, 6, 90, 6))
     return _create_van('van_b6', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -4,7 +4,12 @@
 - HF transformers (`Visual-Attention-Network/van-*` hub repos, `VanForImageClassification`):
   `van.encoder.stages.0.embeddings`, `.layers.0.pre_normomalization`, `attention_scaling`, `classifier`;
 - OpenMMLab (mmcls 0.x, mmpretrain, mmsegmentation backbones): `backbone.patch_embed1.projection`,
-  `backbone.blocks1.0.attn.spatial_gating_unit.DW_conv`, `head.fc`.
+  `backbone.blocks1.0.attn.spatial_gating_unit.DW_conv`, `head.fc`;
+- MindSpore ports (kaierlong/VAN-Ascend; WenHao-L/VAN without the `cell_list.` prefix), as
+  `core.foreign_checkpoints` reads their `.ckpt` (normalisation names already PyTorch's): one flat list
+  of cells, `cell_list.{3s}` the patch embedding of stage s, `cell_list.{3s+1}.{j}` its block j,
+  `cell_list.{3s+2}` its LayerNorm; `mlp.dwconv.dwconv`, `head`. These weights were trained with
+  MindSpore's tanh-approximated GELU (`is_mindspore`: the model's checkpoint_filter_fn switches to it).
 
 The layout is recognised from the keys; a dict already in this layout passes unchanged.
 """
@@ -63,20 +68,35 @@ OPENMMLAB = _rules(
     (r'\.spatial_gating_unit\.DW_D_conv\.', '.spatial_gating_unit.conv_spatial.'),
 )
 
+
+
+def _mindspore_cell(m: 're.Match') -> str:
+    stage, kind = divmod(int(m.group(1)), 3)
+    return f"stages.{stage}.{('downsample', 'blocks', 'norm')[kind]}."
+
+
+MINDSPORE = _rules(
+    (r'^(?:cell_list\.)?(\d+)\.', _mindspore_cell),
+    (r'\.mlp\.dwconv\.dwconv\.', '.mlp.dwconv.'),
+    (r'^head\.(weight|bias)$', r'head.fc.\1'),
+)
+
 _SIGNATURES = (
     ('hf_transformers', re.compile(r'^(?:van\.)?encoder\.stages\.\d+\.')),
     ('openmmlab', re.compile(r'^(?:backbone\.)?(?:blocks\d\.\d+\.|patch_embed\d\.projection\.)')),
     ('official', re.compile(r'^(?:patch_embed\d|block\d\.\d+|norm\d)\.')),
+    ('mindspore', re.compile(r'^(?:cell_list\.)?\d+\.(?:\d+\.)?(?:proj|norm|norm1|gamma|beta|weight|bias)\b')),
 )
 LAYOUTS: Dict[str, Tuple[Tuple[Rule, ...], Optional['re.Pattern']]] = {
     'official': (OFFICIAL, None),
     'hf_transformers': (HF_TRANSFORMERS, HF_TRANSFORMERS_UNUSED),
     'openmmlab': (OPENMMLAB, None),
+    'mindspore': (MINDSPORE, None),
 }
 
 
 def detect_layout(keys: Sequence[str]) -> str:
-    """'official', 'hf_transformers', 'openmmlab' or 'timm' (this package's own)."""
+    """'official', 'hf_transformers', 'openmmlab', 'mindspore' or 'timm' (this package's own)."""
     for name, signature in _SIGNATURES:
         if any(signature.match(k) for k in keys):
             return name
@@ -97,3 +117,8 @@ def to_timm_layout(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         return state_dict
     rules, unused = LAYOUTS[layout]
     return {_rename(k, rules): v for k, v in state_dict.items() if unused is None or not unused.match(k)}
+
+
+def is_mindspore(state_dict: Dict[str, Any]) -> bool:
+    """Whether these are the MindSpore ports' VAN weights (trained with tanh-approximated GELU)."""
+    return detect_layout(list(state_dict)) == 'mindspore'
