@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DATA := demo_data/shapes
 DEMO_RUN := output/demo/van_b0-shapes
 
-.PHONY: test test-fast docs demo clean-venv
+.PHONY: test test-fast test-clients docs demo clean-venv
 
 $(VENV)/.installed: requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ test: docs
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not scripts" tests
 
+# docs/other_libraries.md against the real smp, fastai and transformers (requirements-clients.txt), in their
+# own environment: tests/models/test_other_libraries.py runs every block of the page (`make test` skips those
+# that need them).
+CLIENTS_VENV := .venv-clients
+$(CLIENTS_VENV)/.installed: requirements.txt requirements-clients.txt setup.py
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-clients.txt
+	$(CLIENTS_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test-clients: $(CLIENTS_VENV)/.installed
+	$(CLIENTS_VENV)/bin/python -m pytest -q tests/models/test_other_libraries.py
+
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir output/site
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CLIENTS_VENV)

@@ -40,6 +40,7 @@ from van_focal.cli.args import (add_data_root_args, add_model_input_args, add_na
 from van_focal.train.data import build_dataset, check_num_classes, class_folders, find_split
 from van_focal.train.evaluate import evaluate
 from van_focal.train.preemption import StopSignals, restartable_init_method, skipping_sampler
+from van_focal.train.slurm import prepare_srun_environment
 from van_focal.train.meters import LossMeter
 from van_focal.train.steps import (AtomicCheckpointSaver, check_finite, check_training_flags, plot_summary,
                                    resolve_resume_auto, resume_within_epoch, seed_epoch)
@@ -408,7 +409,10 @@ def main(argv=None):
     args.dist_backend = devices.dist_backend(args.device)
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     args.dist_url = restartable_init_method()
+    srun = prepare_srun_environment()  # srun's processes: MASTER_ADDR / MASTER_PORT / threads, as torchrun sets them
     device = utils.init_distributed_device(args)
+    if srun:
+        _logger.info(srun)
     devices.configure(device, args)
     _logger.info(f'Process {args.rank} of {args.world_size} on {device}.')
     utils.random_seed(args.seed, args.rank)

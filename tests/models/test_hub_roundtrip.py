@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from timm.models import save_for_hf
+from timm.data import resolve_model_data_config
 from timm.models._hub import filter_pretrained_cfg
 
 import van_focal  # noqa: F401
@@ -67,3 +68,18 @@ def test_fine_tuned_at_384_round_trip(tmp_path):
     rebuilt = timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
     assert rebuilt.stages[3].blocks[0].attn.relative_position_bias_table_to_neighbors is not None
     assert_same(model, rebuilt)
+
+
+@pytest.mark.parametrize('name', ['van_b0', 'focal_tiny_patch4_window7_224'])
+def test_channel_count_travels(name, tmp_path):
+    """A 1-channel model exports input_size (1, H, W) and in_chans 1 (as timm's ConvNeXt), so that timm and
+    transformers rebuild it, and their preprocessing, for one channel."""
+    model = saved(name, tmp_path, in_chans=1)
+    assert model.in_chans == 1
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert config['pretrained_cfg']['input_size'][0] == config['model_args']['in_chans'] == 1
+    rebuilt = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert rebuilt.in_chans == 1 and resolve_model_data_config(rebuilt)['input_size'][0] == 1
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

@@ -1,5 +1,8 @@
 """Focal Transformer's index tables: which tokens each window attends to, as a function of the input
-size only (not of the weights), computed once per size and device and cached.
+size only (not of the weights), and where each query-key pair reads its relative-position bias, as a
+function of the window sizes; computed once per size and device and cached. None is a module buffer, so a
+model built on the meta device (transformers, `timm.create_model(..., device='meta')`) has nothing to
+recompute after `to_empty()`.
 
 The tables are built as ordinary CPU tensors outside every tracer and dispatch mode (`_real_tensors`),
 so that the cache serves eager runs, `torch.device('meta')` construction, inference mode, torch.export,
@@ -47,6 +50,12 @@ def relative_position_index(q_size: int, k_size: int) -> torch.Tensor:
     k = torch.stack(torch.meshgrid(torch.arange(k_size), torch.arange(k_size), indexing='ij')).flatten(1)
     rel = q[:, :, None] - k[:, None, :] + (k_size - 1)
     return rel[0] * (q_size + k_size - 1) + rel[1]
+
+
+@lru_cache(maxsize=64)
+def _bias_index(ws: int, focal_window: int, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return (relative_position_index(ws, ws).view(-1).to(device),
+            relative_position_index(ws, focal_window).view(-1).to(device))
 
 
 @lru_cache(maxsize=64)
@@ -162,3 +171,13 @@ def focal_v2_tables(height: int, width: int, ws: int, topk: int,
                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     with _real_tensors():
         return _focal_v2_tables(height, width, ws, topk, str(device))
+
+
+@register_notrace_function
+@torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
+def focal_v1_bias_index(ws: int, focal_window: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of a window's query-key pairs into Focal v1's relative-position tables: (ws*ws)**2 into
+    the window's own ((2*ws - 1)**2) table, ws*ws * focal_window**2 into the pooled windows' one."""
+    with _real_tensors():
+        return _bias_index(ws, focal_window, str(device))

@@ -1,4 +1,5 @@
 """Checkpoint plumbing shared by the model families."""
+import contextlib
 import logging
 import os
 import socket
@@ -113,9 +114,19 @@ def _manual_download(cfg: Dict[str, Any], variant: str, why: str) -> str:
         f"or put it in {os.path.dirname(cached)}/ for pretrained=True.")
 
 
-def build_model(model_cls, variant: str, pretrained: bool, **kwargs) -> nn.Module:
+def build_model(model_cls, variant: str, pretrained: bool, device=None, dtype=None, **kwargs) -> nn.Module:
     """`build_model_with_cfg`, with pretrained-weight failures reported as one CheckpointError naming the file;
-    a download from an unreachable or gone address says so, and how to load a local copy, without retrying."""
+    a download from an unreachable or gone address says so, and how to load a local copy, without retrying.
+
+    `device` and `dtype` are timm's `create_model(..., device=, dtype=)`: the model's tensors are made on that
+    device (`'meta'`: none allocated, for `to_empty()` and a state dict later) and in that floating dtype.
+    """
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = _build_model(model_cls, variant, pretrained, **kwargs)
+    return model if dtype is None else model.to(dtype=dtype)
+
+
+def _build_model(model_cls, variant: str, pretrained: bool, **kwargs) -> nn.Module:
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     cfg = resolve_pretrained_cfg(

@@ -35,7 +35,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ._focal_ops import RoutedLinear, WindowPool, gather_qkv, pad_to_windows, window_attention, windows_to_map
-from ._focal_tables import focal_v1_tables, focal_v2_tables, focal_v2_tables_from_index, relative_position_index
+from ._focal_tables import focal_v1_bias_index, focal_v1_tables, focal_v2_tables, focal_v2_tables_from_index
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from .focal_resize import fit_to_windows
 
@@ -75,7 +75,6 @@ class FocalAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
-        self.register_buffer('window_bias_index', relative_position_index(ws, ws), persistent=False)
         if expand > 0:
             ring = 4 * ws * ws - 4 * (ws - expand) ** 2
             self.relative_position_bias_table_to_neighbors = nn.Parameter(torch.zeros(1, num_heads, ws * ws, ring))
@@ -85,16 +84,17 @@ class FocalAttention(nn.Module):
         self.relative_position_bias_table_to_windows = nn.ParameterList([
             nn.Parameter(torch.zeros(num_heads, (ws + focal_window - 1) ** 2))])
         nn.init.trunc_normal_(self.relative_position_bias_table_to_windows[0], std=.02)
-        self.register_buffer('pooled_bias_index', relative_position_index(ws, focal_window), persistent=False)
 
     def _position_bias(self) -> torch.Tensor:
         """(heads, ws*ws, L) relative-position bias of a window's queries to its keys."""
         area = self.ws * self.ws
-        parts = [self.relative_position_bias_table[self.window_bias_index.view(-1)].view(area, area, -1).permute(2, 0, 1)]
+        device = self.relative_position_bias_table.device
+        window_index, pooled_index = focal_v1_bias_index(self.ws, self.focal_window, device)
+        parts = [self.relative_position_bias_table[window_index].view(area, area, -1).permute(2, 0, 1)]
         if self.relative_position_bias_table_to_neighbors is not None:
             parts.append(self.relative_position_bias_table_to_neighbors[0])
         for table in self.relative_position_bias_table_to_windows:
-            parts.append(table[:, self.pooled_bias_index.view(-1)].view(self.num_heads, area, -1))
+            parts.append(table[:, pooled_index].view(self.num_heads, area, -1))
         return torch.cat(parts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,6 +340,7 @@ class FocalTransformer(nn.Module):
             raise ValueError(f'focal_levels={focal_levels}: only 2 levels (as every official model) are implemented.')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.output_fmt = 'NHWC'
         num_stages = len(depths)
         dims = [embed_dim * 2 ** i for i in range(num_stages)]

@@ -54,12 +54,16 @@ def _conv_with_affine_output(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.
 
 
 class LargeKernelAttention(nn.Module):
-    """LKA: 5x5 depth-wise -> 7x7 depth-wise dilated 3 -> 1x1, used as a gate on the input."""
+    """LKA: 5x5 depth-wise -> 7x7 depth-wise dilated 3 -> 1x1, used as a gate on the input.
 
-    def __init__(self, dim: int):
+    `dilation` > 1 (a stage run at a finer stride, `output_stride`) dilates both depth-wise convs by it.
+    """
+
+    def __init__(self, dim: int, dilation: int = 1):
         super().__init__()
-        self.conv0 = DepthwiseConv(dim, 5)  # local context
-        self.conv_spatial = DepthwiseConv(dim, 7, dilation=3)  # long-range context (a 19x19 receptive field)
+        self.conv0 = DepthwiseConv(dim, 5, dilation=dilation)  # local context
+        # long-range context (a 19x19 receptive field)
+        self.conv_spatial = DepthwiseConv(dim, 7, dilation=3 * dilation)
         self.conv1 = PointwiseConv(dim, dim)  # channel mixing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,11 +77,11 @@ class LargeKernelAttention(nn.Module):
 class SpatialAttention(nn.Module):
     """1x1 conv, GELU, LKA, 1x1 conv, with the attention's own residual."""
 
-    def __init__(self, dim: int, act_layer: Callable[[], nn.Module] = nn.GELU):
+    def __init__(self, dim: int, act_layer: Callable[[], nn.Module] = nn.GELU, dilation: int = 1):
         super().__init__()
         self.proj_1 = PointwiseConv(dim, dim)
         self.activation = act_layer()
-        self.spatial_gating_unit = LargeKernelAttention(dim)
+        self.spatial_gating_unit = LargeKernelAttention(dim, dilation)
         self.proj_2 = PointwiseConv(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,10 +91,11 @@ class SpatialAttention(nn.Module):
 class ConvMlp(nn.Module):
     """1x1 conv, 3x3 depth-wise conv, GELU, 1x1 conv."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0., act_layer: Callable[[], nn.Module] = nn.GELU):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0., act_layer: Callable[[], nn.Module] = nn.GELU,
+                 dilation: int = 1):
         super().__init__()
         self.fc1 = PointwiseConv(dim, hidden_dim)
-        self.dwconv = DepthwiseConv(hidden_dim, 3)
+        self.dwconv = DepthwiseConv(hidden_dim, 3, dilation=dilation)
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden_dim, dim)
@@ -114,15 +119,17 @@ class VanBlock(nn.Module):
         drop_path: stochastic depth rate of both branches.
         layer_scale_init_value: initial layer scale.
         act_layer: the activation (GELU; MindSpore-trained weights want its tanh approximation).
+        dilation: of every spatial conv (1; more in a stage that keeps a finer stride, `output_stride`).
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4., drop: float = 0., drop_path: float = 0.,
-                 layer_scale_init_value: float = 1e-2, act_layer: Callable[[], nn.Module] = nn.GELU):
+                 layer_scale_init_value: float = 1e-2, act_layer: Callable[[], nn.Module] = nn.GELU,
+                 dilation: int = 1):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = SpatialAttention(dim, act_layer)
+        self.attn = SpatialAttention(dim, act_layer, dilation)
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop, act_layer=act_layer)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop, act_layer=act_layer, dilation=dilation)
         self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -169,9 +176,10 @@ class FusedVanBlock(nn.Module):
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with 'same'-style padding, then BatchNorm."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, dilation: int = 1):
         super().__init__()
-        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2)
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
+                              dilation=dilation)
         self.norm = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,13 +191,22 @@ class OverlapPatchEmbed(nn.Module):
 
 
 class VanStage(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, depth: int, first: bool, mlp_ratio: float,
-                 drop: float, drop_path_rates: List[float], act_layer: Callable[[], nn.Module] = nn.GELU):
+    """A patch embedding (7x7 stride 4 first, 3x3 stride 2 after), blocks and a LayerNorm.
+
+    A stage that keeps its input's resolution (`output_stride`) embeds with stride 1 at its input's dilation
+    `dilation[0]`, and its blocks dilate by `dilation[1]`, as timm's dilated ResNets and ConvNeXts.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, first: bool, stride: int, mlp_ratio: float,
+                 drop: float, drop_path_rates: List[float], dilation: Tuple[int, int] = (1, 1),
+                 act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = OverlapPatchEmbed(in_chs, out_chs, kernel_size=7 if first else 3, stride=4 if first else 2)
+        self.downsample = OverlapPatchEmbed(in_chs, out_chs, kernel_size=7 if first else 3, stride=stride,
+                                            dilation=dilation[0])
         self.blocks = nn.Sequential(*[
-            VanBlock(out_chs, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path_rates[i], act_layer=act_layer)
+            VanBlock(out_chs, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path_rates[i], act_layer=act_layer,
+                     dilation=dilation[1])
             for i in range(depth)])
         self.norm = LayerNorm2d(out_chs, eps=1e-6)
 
@@ -218,6 +235,8 @@ class VAN(nn.Module):
         drop_path_rate: stochastic depth, rising linearly over the blocks.
         act_layer: the activation, a class or timm name (default nn.GELU; 'gelu_tanh' for MindSpore-trained
             weights, which loading such a file also switches to).
+        output_stride: 32, or 16 / 8 for dense prediction (DeepLab): the stages past that stride keep their
+            input's resolution and dilate their convs instead (the same weights).
     """
 
     def __init__(
@@ -232,10 +251,14 @@ class VAN(nn.Module):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             act_layer: Union[str, Callable[[], nn.Module]] = nn.GELU,
+            output_stride: int = 32,
     ):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride={output_stride}: VAN takes 8, 16 or 32.')
         act_layer = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.feature_info = []
@@ -243,11 +266,17 @@ class VAN(nn.Module):
         dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)
         stages = []
         prev_chs = in_chans
+        net_stride, dilation = 1, 1
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
-            stages.append(VanStage(prev_chs, dim, depth, first=i == 0, mlp_ratio=mlp_ratios[i],
-                                   drop=proj_drop_rate, drop_path_rates=dpr[i], act_layer=act_layer))
+            stride, prev_dilation = 4 if i == 0 else 2, dilation
+            if net_stride >= output_stride:  # past output_stride: keep the resolution, dilate instead
+                stride, dilation = 1, dilation * stride
+            net_stride *= stride
+            stages.append(VanStage(prev_chs, dim, depth, first=i == 0, stride=stride, mlp_ratio=mlp_ratios[i],
+                                   drop=proj_drop_rate, drop_path_rates=dpr[i], dilation=(prev_dilation, dilation),
+                                   act_layer=act_layer))
             prev_chs = dim
-            self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 2), module=f'stages.{i}'))
+            self.feature_info.append(dict(num_chs=dim, reduction=net_stride, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
