@@ -46,11 +46,13 @@ def test_terminal_gets_the_bar():
 
 def test_run_eta_before_and_after_a_whole_epoch():
     eta = RunEta(num_epochs=10)
-    # epoch 0, a quarter trained in 30 s: 90 s of its training left, then 9 more epochs of ~120 s
+    # epoch 0, a quarter trained in 30 s: 90 s of its training left, then 9 more epochs of 120 s
     assert eta.seconds_left(0, 30, 90) == pytest.approx(90 + 9 * 120)
     eta.epoch_finished(train_seconds=120, total_seconds=150)  # evaluation and saving took 30 s
-    # epoch 1 half trained: 60 s of training, its 30 s of evaluation, then 8 epochs of 150 s
+    # epoch 1 half trained: 60 s of training left, its 30 s of evaluation, then 8 epochs of 120 + 30 s
     assert eta.seconds_left(1, 60, 60) == pytest.approx(60 + 30 + 8 * 150)
+    # the machine got 4x faster: the epochs left follow the current pace, not the slow first epoch
+    assert eta.seconds_left(1, 15, 15) == pytest.approx(15 + 30 + 8 * 60)
     assert eta.whole_epochs(3) == 450
     # resumed inside an epoch before any whole one: the trained share scales up to a whole epoch
     assert RunEta(3).seconds_left(1, 10, 10, fraction_run=0.5) == pytest.approx(10 + 40)

@@ -82,9 +82,10 @@ class Progress:
 
 
 class RunEta:
-    """Time left in a training run: the rest of this epoch's training, then this epoch's evaluation and
-    checkpoint, then each remaining epoch at the median length of the whole epochs measured so far.
-    Before the first epoch has ended, an epoch is estimated from its training alone."""
+    """Time left in a training run at the current pace: the rest of this epoch's training, then its evaluation
+    and checkpoint, then each remaining epoch as long as this epoch's training plus the evaluation and
+    checkpoint time measured in the whole epochs so far (the pace follows a machine that gets busier or
+    quieter; before the first epoch has ended, evaluation is not counted)."""
 
     def __init__(self, num_epochs: int):
         self.num_epochs = num_epochs
@@ -104,10 +105,7 @@ class RunEta:
         """After `train_elapsed` seconds of `epoch`'s training with `train_left` to go (`fraction_run`: the share
         of the epoch this process trains, less than 1 when resumed inside it)."""
         this_epoch_train = (train_elapsed + train_left) / max(fraction_run, 1e-9)
+        overhead = 0.0
         if self.epoch_seconds:
-            whole_epoch = statistics.median(self.epoch_seconds)
-            rest_of_this_one = train_left + max(0.0, whole_epoch - statistics.median(self.train_seconds))
-        else:
-            whole_epoch = this_epoch_train
-            rest_of_this_one = train_left
-        return rest_of_this_one + whole_epoch * max(0, self.num_epochs - epoch - 1)
+            overhead = max(0.0, statistics.median(self.epoch_seconds) - statistics.median(self.train_seconds))
+        return train_left + overhead + (this_epoch_train + overhead) * max(0, self.num_epochs - epoch - 1)
