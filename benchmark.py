@@ -41,6 +41,7 @@ from van_focal.models import _routes as routes
 from van_focal.core.errors import UsageError
 from van_focal.cli.args import parse_args, run_main, write_results
 from van_focal.cli.export import export, onnx_session
+from van_focal.core.progress import format_duration
 
 _logger = logging.getLogger('benchmark')
 
@@ -93,18 +94,25 @@ def gmacs_per_image(model: nn.Module, img_size: int) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def time_steps(step: Callable[[], Any], device: torch.device, args) -> Dict[str, float]:
-    """Median img/s and batch latency (ms) of `step` over args.repeats runs of args.iters steps."""
+def time_steps(step: Callable[[], Any], device: torch.device, args, what: str = '') -> Dict[str, float]:
+    """Median img/s and batch latency (ms) of `step` over args.repeats runs of args.iters steps. With `what`,
+    logs how long the warm-up took and, after the first timed run, how long the others will."""
+    start = time.perf_counter()
     for _ in range(args.warmup):
         step()
     devices.synchronize(device)
+    if what:
+        _logger.info(f'  {what}: {args.warmup} warm-up steps took {format_duration(time.perf_counter() - start)}')
     seconds = []
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         start = time.perf_counter()
         for _ in range(args.iters):
             step()
         devices.synchronize(device)
         seconds.append((time.perf_counter() - start) / args.iters)
+        if what and repeat == 0 and args.repeats > 1:
+            _logger.info(f'  {what}: timed run 1 of {args.repeats} took {format_duration(seconds[0] * args.iters)}, '
+                         f'about {format_duration(seconds[0] * args.iters * (args.repeats - 1))} for the rest')
     median = statistics.median(seconds)
     return dict(img_per_sec=round(args.batch_size / median, 2), latency_ms=round(1000 * median, 2))
 
@@ -158,18 +166,21 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
             optimizer.zero_grad(set_to_none=True)
 
     routes.clear()  # this mode's own picks (a fresh process per model; only the modes share it)
-    result.update(time_steps(step, device, args))
+    result.update(time_steps(step, device, args, what=f'{name} {mode}'))
     result['routes'] = routes.describe_chosen()
     result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
     result['peak_memory_mb'] = peak_memory_mb(device)  # before the ONNX export and session add their own
     if args.roofline:
+        _logger.info(f'  {name} {mode}: --roofline: timing its kernels alone')
         result.update(roofline.measure(step, device, result['latency_ms'] / 1e3, args.warmup, args.repeats))
     if args.onnx and mode == 'infer':
+        _logger.info(f'  {name} {mode}: --onnx: exporting, checking and timing in onnxruntime')
         result.update(bench_onnx(model, x, args))
     return result
 
 
 def _bench_in_this_process(name: str, modes: List[str], args) -> List[Dict[str, Any]]:
+    logging.basicConfig(level=logging.INFO, format='%(message)s')  # a spawned process starts unconfigured
     if args.threads:
         torch.set_num_threads(args.threads)
     device = devices.init_device(args)  # in the child too: current device, fast math, --amp-dtype default
@@ -221,7 +232,13 @@ def main():
     matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')
     rows = []
-    for name in model_names(args.model):
+    names = model_names(args.model)
+    start = time.time()
+    for index, name in enumerate(names):
+        elapsed = time.time() - start
+        left = f', about {format_duration(elapsed / index * (len(names) - index))} left' if index else ''
+        _logger.info(f'[{index + 1}/{len(names)}] {name}: {" and ".join(modes)}'
+                     + (f' ({format_duration(elapsed)} so far{left})' if index else ''))
         for row in bench_isolated(name, modes, args):
             mode = row['bench']
             row['matmul_gflops_per_sec'] = matmul

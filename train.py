@@ -35,8 +35,10 @@ from van_focal.core import device as devices
 from van_focal.train import finetune, run_checks, run_info
 from van_focal.core.checkpoint import checkpoint_loading
 from van_focal.core.errors import UsageError
+from van_focal.core.progress import RunEta, format_duration
 from van_focal.cli.args import (add_data_root_args, add_model_input_args, add_named_dataset_args, check_model_name,
-                                data_root, defaults_epilog, given_flags, named_dataset_kwargs, parse_args, run_main)
+                                data_root, default_workers, defaults_epilog, given_flags, named_dataset_kwargs,
+                                parse_args, run_main)
 from van_focal.train.data import build_dataset, check_num_classes, class_folders, find_split
 from van_focal.train.evaluate import evaluate
 from van_focal.train.preemption import StopSignals, restartable_init_method, skipping_sampler
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--train-num-samples', type=int, default=None, help='iterable datasets: samples per epoch')
     group.add_argument('--val-num-samples', type=int, default=None)
     add_named_dataset_args(group)
-    group.add_argument('--workers', '-j', type=int, default=4)
+    group.add_argument('--workers', '-j', type=int, default=default_workers(), help='default: 4, at most the usable cores')
     group.add_argument('--worker-seeding', default='all')
     group.add_argument('--pin-mem', action='store_true')
     group.add_argument('--no-prefetcher', action='store_true')
@@ -224,7 +226,7 @@ def build_loaders(args, data_config, device):
 
 
 def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, autocast, loss_scaler, output_dir,
-                    stop, saver=None, position=None):
+                    stop, saver=None, position=None, run_eta=None):
     """One epoch, or its rest after `position`; on an agreed stop signal, `stop.position` says where it ended."""
     model = task.get_trainable_module()
     model.train()
@@ -284,10 +286,14 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler, 
             elapsed = time.time() - start
             eta = elapsed / (num_updates - start_update) * (updates_per_epoch - update_idx - 1)
             lr = sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)
+            run_left = ''
+            if run_eta is not None:
+                share = 1 - (start_batch / num_batches)  # of the epoch, trained by this process
+                run_left = f', run {format_duration(run_eta.seconds_left(epoch, elapsed, eta, share))}'
             if utils.is_primary(args):
                 _logger.info(f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch}]  Loss: {losses.val:#.3g} '
                              f'({losses.avg:#.3g})  LR: {lr:.3e}  {samples / elapsed:>7.1f} img/s  '
-                             f'Data: {data_time.avg:.3f}s  ETA: {eta:.0f}s')
+                             f'Data: {data_time.avg:.3f}s  ETA: {format_duration(eta)}{run_left}')
         recovery_due = args.recovery_interval and num_updates % args.recovery_interval == 0
         if stop.agreed(num_updates) or recovery_due:
             check_finite(losses, epoch, output_dir)  # steps since the last check must not reach the disk
@@ -377,12 +383,20 @@ def build_train_model(args, device: torch.device) -> nn.Module:
 
 
 def resume_run(args, task, optimizer, loss_scaler) -> int:
-    """Restore model, optimizer and loss scaler from `--resume`; the epoch to continue from."""
+    """Restore model, optimizer and loss scaler from `--resume`; the epoch to continue from.
+
+    timm's own log line would give the checkpoint's `epoch` field, the last *completed* epoch: -1 for a run
+    stopped inside epoch 0. One line here says what was restored and where the run continues instead."""
     with checkpoint_loading(args.resume, args.model):
-        return resume_task_checkpoint(
+        resume_epoch = resume_task_checkpoint(
             task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=utils.is_primary(args),
+            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=False,
             weights_only=not args.trust_checkpoint)
+    if utils.is_primary(args):
+        restored = 'model' if args.no_resume_opt else 'model and optimizer'
+        where = f'continuing with epoch {resume_epoch}' if resume_epoch is not None else 'no epoch recorded'
+        _logger.info(f'Restored the {restored} from {args.resume}: {where}.')
+    return resume_epoch
 
 
 def start_wandb(args, output_dir: str) -> None:
@@ -485,7 +499,9 @@ def main(argv=None):
         run_checks.warn_if_warmup_fills_run(args.warmup_epochs, start_epoch, num_epochs, args.warmup_lr, args.lr)
 
     summary_csv = os.path.join(output_dir, 'summary.csv') if output_dir else ''
+    run_eta = RunEta(num_epochs)
     for epoch in range(start_epoch, num_epochs):
+        epoch_start = time.time()
         seed_epoch(args.seed, epoch, args.rank)
         if hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
@@ -493,7 +509,8 @@ def main(argv=None):
         if epoch_tail is not None:
             epoch_tail.skip = epoch_position['batches_done'] * args.batch_size if epoch_position else 0
         train_metrics = train_one_epoch(epoch, task, loader_train, optimizer, args, device, lr_scheduler, autocast,
-                                        loss_scaler, output_dir, stop, saver, epoch_position)
+                                        loss_scaler, output_dir, stop, saver, epoch_position, run_eta)
+        train_seconds = time.time() - epoch_start
         if stop.position is not None:
             if saver is not None:
                 saver.save_position(stop.position)
@@ -515,6 +532,13 @@ def main(argv=None):
             saver.save_checkpoint(epoch, metric=metric)
             plot_summary(summary_csv, os.path.join(output_dir, 'summary.png'))
         lr_scheduler.step(epoch + 1, metric)
+        if epoch_position is None:  # a whole epoch: the yardstick for the ones left
+            run_eta.epoch_finished(train_seconds, time.time() - epoch_start)
+        if utils.is_primary(args) and epoch + 1 < num_epochs:
+            left = run_eta.whole_epochs(num_epochs - epoch - 1) if run_eta.epoch_seconds else None
+            _logger.info(f'Epoch {epoch} took {format_duration(time.time() - epoch_start)}'
+                         + (f'; epochs {epoch + 1}..{num_epochs - 1} will take about {format_duration(left)}.'
+                            if left is not None else '.'))
         if epoch + 1 < num_epochs and stop.agreed():
             stop.finish(f'at the end of epoch {epoch}', output_dir)
 

@@ -20,15 +20,15 @@ from timm import utils
 from timm.data import create_loader
 from timm.layers import set_fast_norm
 from timm.utils import reparameterize_model
-from tqdm import tqdm
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal.core import device as devices
 from van_focal.train import run_info
 from van_focal.core.errors import UsageError
+from van_focal.core.progress import Progress
 from van_focal.cli.args import (add_data_root_args, add_model_input_args, add_named_dataset_args, check_model_name,
-                                data_root, defaults_epilog, given_flags, named_dataset_kwargs, parse_args, run_main,
-                                write_results)
+                                data_root, default_workers, defaults_epilog, given_flags, named_dataset_kwargs,
+                                parse_args, run_main, write_results)
 from van_focal.train.data import SPLIT_ALIASES, build_dataset, class_folders, find_split
 from van_focal.train.evaluate import evaluate
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--use-ema', action='store_true', help="prefer the checkpoint's EMA weights")
     add_model_input_args(parser)
     parser.add_argument('-b', '--batch-size', type=int, default=128)
-    parser.add_argument('--workers', '-j', type=int, default=4)
+    parser.add_argument('--workers', '-j', type=int, default=default_workers(), help='default: 4, at most the usable cores')
     parser.add_argument('--pin-mem', action='store_true')
     parser.add_argument('--no-prefetcher', action='store_true')
     parser.add_argument('--skip-bad-images', action='store_true')
@@ -118,13 +118,9 @@ def main(argv=None):
     parser = build_parser()
     args = parse_args(parser, argv)
     args.data, args.class_names = data_root(args), None
-    saved = run_info.read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
     given = given_flags(parser, argv)
-    run_info.fill_from_checkpoint(args, saved, given, args.checkpoint)
-    args.model = args.model or 'van_b0'
+    saved = run_info.settings_from_checkpoint(args, given, root=args.data)
     check_model_name(args.model)
-    if args.class_map:
-        args.class_names = run_info.class_names_from_map(args.class_map, args.data)
     device = devices.init_device(args)
     utils.random_seed(args.seed)
     if args.fast_norm:
@@ -132,7 +128,7 @@ def main(argv=None):
     root, split = split_location(args.data, args.split) if not args.dataset else (args.data, args.split)
     resolve_num_classes(args, root, split, from_checkpoint='num_classes' in saved and 'num_classes' not in given)
     model_weights_given(args)  # after the data checks: a wrong ROOT is the first thing to say
-    model = run_info.rebuild_model(args)
+    model = run_info.rebuild_model(args, saved)
     if args.reparam:
         model = reparameterize_model(model)
     params = sum(p.numel() for p in model.parameters())
@@ -158,7 +154,7 @@ def main(argv=None):
                            pin_memory=args.pin_mem)
 
     start = time.time()
-    with tqdm(loader, desc=f'{args.model} on {split}', unit='batch') as progress:
+    with Progress(loader, desc=f'{args.model} on {split}', unit='batch') as progress:
         metrics = evaluate(model, progress, device, autocast, channels_last=args.channels_last,
                            move_to_device=args.no_prefetcher,
                            on_batch=lambda top1, top5: progress.set_postfix_str(f'top-1 {top1:.2f}  top-5 {top5:.2f}'))

@@ -1,5 +1,9 @@
 """Export: small models of every kind through torch.onnx (checked in onnxruntime) and torch.export;
-Focal's index-table caches stay real tensors through every tracer and inference_mode."""
+a train.py checkpoint alone says what to export; Focal's index-table caches stay real tensors through every
+tracer and inference_mode."""
+import json
+import sys
+
 import pytest
 import timm
 import torch
@@ -7,7 +11,8 @@ import torch.nn as nn
 from timm.models._features_fx import create_feature_extractor
 
 from van_focal.core.errors import UsageError
-from van_focal.cli.export import TOLERANCE, export, main
+from scripts import REPO, TINY_DATA, TINY_RUN
+from van_focal.cli.export import TOLERANCE, export, main, read_metadata
 from van_focal.models import _focal_tables
 
 VAN_SMALL = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_classes=10)
@@ -62,12 +67,48 @@ def test_focal_dynamic_size_is_refused_with_one_line(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / 'van.onnx'
-    checkpoint = tmp_path / 'van.pth'
-    torch.save(timm.create_model('van_b0', num_classes=10).state_dict(), checkpoint)
+    checkpoint = tmp_path / 'van.pth'  # bare weights: the flags say what they are
+    torch.save(small('van_b0').state_dict(), checkpoint)
     main(['--model', 'van_b0', '--checkpoint', str(checkpoint), '--num-classes', '10', '--img-size', '32', '48',
+          '--model-kwargs', 'embed_dims=(8,16,24,32)', 'depths=(1,1,1,1)',
           '--out', str(out), '--exporter', 'torchscript', '--dynamic'])
     printed = capsys.readouterr().out
     assert out.exists() and 'input 3x3x32x48' in printed and 'within tolerance' in printed
+
+
+@pytest.fixture(scope='module')
+def small_run(data, tmp_path_factory):
+    """model_best.pth.tar of a 1-epoch train.py run of a small VAN (its --model-kwargs in the checkpoint too)."""
+    sys.path.insert(0, str(REPO))
+    import train
+    out = tmp_path_factory.mktemp('runs')
+    train.main([str(a) for a in [data, *TINY_RUN, '--epochs', '1', '--model-kwargs', 'embed_dims=(8,16,24,32)',
+                                 'depths=(1,1,1,1)', '--output', out, '--experiment', 'run']])
+    return out / 'run' / 'model_best.pth.tar'
+
+
+@pytest.mark.scripts
+def test_train_checkpoint_alone_gives_model_classes_size_and_preprocessing(small_run, tmp_path, capsys):
+    out = tmp_path / 'run.onnx'
+    main(['--checkpoint', str(small_run), '--out', str(out), '--exporter', 'torchscript'])
+    printed = capsys.readouterr().out
+    assert f'van_b0 from {small_run}, 3 named classes via torch.onnx (torchscript)' in printed
+    assert 'expects input 3x32x32, bicubic resize, crop_pct 0.9 (center), mean (0.5, 0.5, 0.5)' in printed
+    assert 'input 3x3x32x32' in printed and 'within tolerance' in printed  # trained at 32, not the model's 224
+    meta = read_metadata(str(out))  # what a user of the file needs besides the graph
+    assert meta['model'] == 'van_b0' and json.loads(meta['class_names']) == list(TINY_DATA['classes'])
+    assert json.loads(meta['input_size']) == [3, 32, 32] and meta['interpolation'] == 'bicubic'
+
+
+def test_no_model_anywhere_is_one_line():
+    with pytest.raises(UsageError, match=r'which model\? no --checkpoint of a train\.py run gives one: pass --model'):
+        main(['--out', 'x.onnx'])
+
+
+def test_pt2_carries_the_metadata_too(tmp_path):
+    path = str(tmp_path / 'van.pt2')
+    export(small('van_b0'), path, (32, 32), meta={'model': 'van_b0', 'class_names': '["a"]'})
+    assert read_metadata(path) == {'model': 'van_b0', 'class_names': '["a"]'}
 
 
 # ---------------------------------------------------------------------------------------------

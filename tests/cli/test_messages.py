@@ -23,8 +23,10 @@ import benchmark  # noqa: E402
 import train  # noqa: E402
 import validate  # noqa: E402
 import van_focal  # noqa: E402
-from van_focal.cli.args import parse_args, run_main  # noqa: E402
-from van_focal.core.errors import CheckpointError  # noqa: E402
+from van_focal.cli import args as cli_args  # noqa: E402
+from van_focal.cli.args import check_model_name, close_model_names, parse_args  # noqa: E402
+from van_focal.core import device as devices  # noqa: E402
+from van_focal.core.errors import CheckpointError, UsageError  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +251,75 @@ def test_benchmark_peak_memory_is_each_models_own():
 
 
 # ---------------------------------------------------------------------------------------------
+# issue #22: messages that were almost right
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('typed, first', [
+    ('van_bo', ['van_b0']),  # the letter o for the digit 0
+    ('van_bl', ['van_b1']),
+    ('VAN_B0', ['van_b0']),
+    ('van-b2', ['van_b2']),
+    ('van_b9', ['van_b0', 'van_b1', 'van_b2']),  # equally close: in order, not reversed
+    ('focal_tiny', ['focal_tiny_patch4_window7_224', 'focal_tiny_useconv_patch4_window7_224']),  # completions first
+    ('focalv2_tiny', ['focalv2_tiny_useconv_patch4_window7_224']),
+])
+def test_close_model_names(typed, first):
+    assert close_model_names(typed)[:len(first)] == first
+
+
+def test_unknown_model_suggests_van_b0_for_van_bo():
+    with pytest.raises(UsageError) as error:
+        check_model_name('van_bo')
+    assert str(error.value).startswith('--model van_bo: no such model. Close names: van_b0, ')
+
+
+def test_config_reports_every_problem_at_once(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text('lr: 0.1\nwarmup_epoch: 3\nlearning_rat: 0.1\nepochs: many\nmodel: van_b0\n')
+    with pytest.raises(UsageError) as error:
+        parse_args(train.build_parser(), ['root', '--config', str(config)])
+    assert str(error.value) == (f"{config}: 3 problems: unknown key 'warmup_epoch' (did you mean warmup_epochs, "
+                                "start_epoch, warmup_lr?); unknown key 'learning_rat' (did you mean lr?); "
+                                "key 'epochs' must be int, got 'many'.")
+
+
+@pytest.mark.scripts
+def test_checkpoint_of_another_model_names_the_one_it_holds(data, checkpoint, capsys):
+    err = error_of(validate.main, [data, '--checkpoint', checkpoint, '--model', 'van_b1', *VALIDATE], capsys)
+    assert f'{checkpoint} does not fit van_b1: ' in err
+    assert 'It holds a van_b0 (the model its run trained): leave --model out' in err and '--model van_b0' in err
+
+
+def test_amp_on_the_cpu_says_bfloat16(monkeypatch, caplog):
+    monkeypatch.setattr(devices, '_said', set())  # said once per process: maybe already, by an earlier test
+    devices.autocast(torch.device('cpu'), True, torch.float16)
+    assert caplog.messages[-1].startswith('--amp on the CPU: autocast runs in bfloat16')
+    devices.autocast(torch.device('cpu'), True, torch.bfloat16)  # asked for: nothing to say
+    assert len(caplog.messages) == 1
+
+
+@pytest.mark.scripts
+def test_use_ema_without_ema_weights_warns_and_piped_progress_is_plain(data, checkpoint, capsys, caplog):
+    validate.main([str(a) for a in [data, '--checkpoint', checkpoint, '--use-ema', '-b', '4', *VALIDATE]])
+    assert f'--use-ema: {checkpoint} holds no EMA weights (train.py saves them with --model-ema); using its ' \
+           'model weights.' in caplog.messages
+    captured = capsys.readouterr()
+    assert 'top-1' in captured.out
+    assert '\r' not in captured.err  # stderr is no terminal here: no progress-bar frames
+    progress = [line for line in captured.err.splitlines() if line.startswith('van_b0 on val: batch ')]
+    assert progress[0].startswith('van_b0 on val: batch 1/3 (33 %)')
+    assert progress[-1].startswith('van_b0 on val: batch 3/3 (100 %)') and 'top-1' in progress[-1]
+
+
+@pytest.mark.parametrize('cores, expected', [({0}, 1), ({0, 1}, 2), (set(range(64)), 4)])
+def test_default_workers_fit_the_usable_cores(monkeypatch, cores, expected):
+    monkeypatch.setattr(cli_args.os, 'sched_getaffinity', lambda pid: cores, raising=False)
+    assert cli_args.default_workers() == expected
+    for parser in (train.build_parser(), validate.build_parser()):
+        assert parser.parse_args(['root']).workers == expected
+
+
+# ---------------------------------------------------------------------------------------------
 # bad checkpoints
 # ---------------------------------------------------------------------------------------------
 
@@ -290,7 +361,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_checkpoint_of_another_architecture():
     with pytest.raises(CheckpointError) as error:
         van_focal.load_checkpoint(timm.create_model('van_b1'), PATH)
-    assert_one_clear_line(error, str(PATH), 'does not fit VAN', 'missing', 'of other shape')
+    assert_one_clear_line(error, str(PATH), 'does not fit van_b1', 'missing', 'of other shape')
     with pytest.raises(CheckpointError) as error:
         create_from_file(PATH, embed_dims=(8, 16, 24, 40))
     assert_one_clear_line(error, str(PATH), 'does not fit van_b0', 'of other shape', 'stages.3')

@@ -1,6 +1,9 @@
-"""`python -m van_focal.predict`: image files and folders in, top-k class names and probabilities out."""
+"""`van-focal-predict`: image files and folders in, top-k class names and probabilities out; a messy folder (a
+file that is no image, a file named twice) still gives the results of its good images."""
 import csv
 import json
+import logging
+import shutil
 import sys
 
 import pytest
@@ -8,7 +11,7 @@ import timm
 import torch
 from timm.data import ImageNetInfo
 
-from scripts import REPO, TINY_DATA
+from scripts import REPO, TINY_DATA, error_of
 from van_focal.cli import predict
 from van_focal.cli.args import run_main
 
@@ -31,6 +34,8 @@ def test_files_and_folders_to_csv_json_and_table(data, checkpoint, tmp_path, cap
         assert 1 >= float(row['prob_1']) >= float(row['prob_2']) >= 0
 
     predict.main([str(a) for a in [*common, '--results-file', tmp_path / 'top.json']])
+    assert capsys.readouterr().out.splitlines() == [f"5 results written to {tmp_path / 'top.csv'} (CSV).",
+                                                    f"5 results written to {tmp_path / 'top.json'} (JSON)."]
     rows = json.loads((tmp_path / 'top.json').read_text())
     assert len(rows) == 5 and {r['label_1'] for r in rows} <= set(CLASSES)
     for row in rows:  # top-k is capped at the 3 classes, and they share all the probability
@@ -80,3 +85,41 @@ def test_mistakes(data, checkpoint, tmp_path, capsys, argv, expected):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert 'Traceback' not in err and expected in err
+
+
+PREDICT = ['--device', 'cpu', '--workers', '0']
+
+
+def messy_folder(data, root):
+    """Six good images and one HTML page saved as .jpg."""
+    root.mkdir()
+    for name in ('circle', 'square'):
+        for image in sorted((data / 'val' / name).iterdir())[:3]:
+            shutil.copy(image, root / f'{name}_{image.name}')
+    (root / 'page.jpg').write_text('<!doctype html><html><body>Not found</body></html>\n')
+    return root
+
+
+@pytest.mark.scripts
+def test_bad_file_is_skipped_and_counted_a_file_named_twice_once(data, checkpoint, tmp_path, capsys, caplog):
+    folder = messy_folder(data, tmp_path / 'messy')
+    results = tmp_path / 'top.csv'
+    caplog.set_level(logging.WARNING)
+    predict.main([str(a) for a in [folder, folder / 'circle_00000.jpg', tmp_path / '.' / 'messy' / 'square_00001.jpg',
+                                   '--checkpoint', checkpoint, '--results-file', results, *PREDICT]])
+    with open(results) as f:
+        files = [row['file'] for row in csv.DictReader(f)]
+    assert files == sorted(str(p) for p in folder.iterdir() if p.name != 'page.jpg')  # each once, in order
+    assert caplog.messages[0] == '2 of the 9 image paths name a file already given: each file is classified once.'
+    assert caplog.messages[1].startswith(f'Skipped {folder / "page.jpg"}: not a readable image (')
+    assert caplog.messages[-1] == 'Skipped 1 of 7 files: not readable images (named above).'
+    assert capsys.readouterr().out == f'6 results written to {results} (CSV).\n'
+
+
+@pytest.mark.scripts
+def test_no_skip_bad_images_stops_at_the_file_and_nothing_readable_is_an_error(data, checkpoint, tmp_path, capsys):
+    folder = messy_folder(data, tmp_path / 'messy')
+    err = error_of(predict.main, [folder, '--checkpoint', checkpoint, '--no-skip-bad-images', *PREDICT], capsys)
+    assert f'{folder / "page.jpg"}: cannot decode this image' in err and '--no-skip-bad-images' in err
+    err = error_of(predict.main, [folder / 'page.jpg', '--checkpoint', checkpoint, *PREDICT], capsys)
+    assert 'none of the 1 files is a readable image' in err

@@ -5,6 +5,7 @@ import logging
 import sys
 
 import pytest
+import torch
 
 from scripts import REPO, TINY_DATA, error_of, load
 
@@ -45,6 +46,25 @@ def test_checkpoint_carries_model_size_preprocessing_and_class_names(run_48):
     assert args.class_names == list(TINY_DATA['classes'])
     assert args.data_config['input_size'] == (3, 48, 48) and args.data_config['crop_pct'] == 0.9
     assert args.data_config['interpolation'] == 'bicubic' and len(args.data_config['mean']) == 3
+
+
+@pytest.mark.scripts
+def test_resume_inside_epoch_0_says_one_consistent_thing_and_the_log_has_the_run_eta(data, run_48, tmp_path,
+                                                                                      capsys):
+    # what a stop after batch 2 of epoch 0 leaves: `epoch` is the last completed one (-1), the saver says where
+    state = load(run_48 / 'last.pth.tar')
+    state['epoch'] = -1
+    state['saver']['position'] = dict(epoch=0, batches_done=2, batch_size=8, world_size=1, loss_sum=17.0, loss_count=16)
+    stopped = tmp_path / 'last.pth.tar'
+    torch.save(state, stopped)
+    log = main_output(train.main, [data, '--resume', stopped, '--epochs', '2', '--device', 'cpu', '--workers', '0'],
+                      capsys)
+    assert 'epoch -1' not in log  # timm's "Loaded checkpoint ... (epoch -1)"
+    assert f'Restored the model and optimizer from {stopped}: continuing with epoch 0.' in log
+    assert 'Continuing epoch 0 after batch 2 of 3.' in log
+    train_lines = [line for line in log.splitlines() if line.startswith('Train: ')]
+    assert len(train_lines) >= 2 and all(', run ' in line for line in train_lines)  # the whole run's time left
+    assert 'Epoch 0 took ' in log
 
 
 @pytest.mark.scripts

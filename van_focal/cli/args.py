@@ -123,15 +123,25 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise _config_error(path, 'must be a mapping of flag names to values.')
     actions = {a.dest: a for a in parser._actions if a.dest != 'help'}
-    defaults = {}
-    for key, value in config.items():
+    defaults, problems = {}, []
+    for key, value in config.items():  # every problem of the file in one message: each run costs a start-up
         dest = str(key).lstrip('-').replace('-', '_')
         if dest not in actions:
-            known = [CONFIG_SYNONYMS[dest.lower()]] if CONFIG_SYNONYMS.get(dest.lower()) in actions else []
+            synonym = difflib.get_close_matches(dest.lower(), list(CONFIG_SYNONYMS), n=1, cutoff=0.85)
+            known = [CONFIG_SYNONYMS[synonym[0]]] if synonym and CONFIG_SYNONYMS[synonym[0]] in actions else []
             close = known or difflib.get_close_matches(dest, list(actions), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ''
-            raise _config_error(path, f"unknown key '{key}'.{hint}")
-        defaults[dest] = _check_value(path, str(key), value, actions[dest])
+            problems.append((f"unknown key '{key}'", f"Did you mean {', '.join(close)}?" if close else ''))
+            continue
+        try:
+            defaults[dest] = _check_value(path, str(key), value, actions[dest])
+        except UsageError as e:
+            problems.append((str(e)[len(path) + 2:].rstrip('.'), ''))
+    if len(problems) == 1:
+        text, hint = problems[0]
+        raise _config_error(path, f'{text}.{" " + hint if hint else ""}')
+    if problems:
+        raise _config_error(path, f'{len(problems)} problems: ' + '; '.join(
+            f'{text}{f" ({hint[0].lower()}{hint[1:]})" if hint else ""}' for text, hint in problems) + '.')
     return defaults
 
 
@@ -193,8 +203,9 @@ def named_dataset_kwargs(args, num_samples: Optional[int]) -> Dict[str, Any]:
                 input_key=args.input_key, target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code)
 
 
-def add_model_input_args(parser) -> None:
-    """The flags train.py and validate.py share (timm's names): trusting a checkpoint, classes, preprocessing."""
+def add_model_input_args(parser, img_size_nargs=None) -> None:
+    """The flags train.py and validate.py share (timm's names): trusting a checkpoint, classes, preprocessing.
+    `img_size_nargs='+'`: `--img-size N` or `H W` (export)."""
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load checkpoints with weights_only=False; only for files you trust')
     parser.add_argument('--num-classes', type=int, default=None)
@@ -202,7 +213,11 @@ def add_model_input_args(parser) -> None:
     parser.add_argument('--gp', default=None, help='global pool type of the head (avg, max, avgmax, ...)')
     parser.add_argument('--in-chans', type=int, default=None, help='input channels (default: --input-size, else 3)')
     parser.add_argument('--input-img-mode', default=None, help='PIL image mode (default: RGB, or L for 1 channel)')
-    parser.add_argument('--img-size', type=int, default=None)
+    if img_size_nargs:
+        parser.add_argument('--img-size', type=int, nargs=img_size_nargs, default=None, metavar='N',
+                            help='input H W, or one N for N x N')
+    else:
+        parser.add_argument('--img-size', type=int, default=None)
     parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
     parser.add_argument('--crop-pct', type=float, default=None, help="default: the model's pretrained_cfg")
     parser.add_argument('--crop-mode', default=None, help='center, squash or border (default: center)')
@@ -211,14 +226,50 @@ def add_model_input_args(parser) -> None:
     parser.add_argument('--interpolation', default='')
 
 
+# Look-alike characters folded before names are compared: 'van_bo' is closest to van_b0, 'van_bl' to van_b1.
+_LOOK_ALIKE = str.maketrans({'o': '0', 'l': '1', '-': '_', ' ': '_'})
+
+
+def close_model_names(name: str, n: int = 5, cutoff: float = 0.6) -> List[str]:
+    """Registered names a mistyped `name` probably meant: the names it begins (focal_tiny -> focal_tiny_*),
+    then the most similar ones (difflib's ratio, compared in lower case with look-alike characters folded),
+    ties in alphabetical order (van_b9 -> van_b0, van_b1, ...)."""
+    base = name.split('.')[0].lower()
+    models = timm.list_models()
+    completions = [m for m in models if base and m.startswith(base)]
+    folded = base.translate(_LOOK_ALIKE)
+    matcher = difflib.SequenceMatcher(b=folded)
+    scored = []
+    for model in models:
+        matcher.set_seq1(model.translate(_LOOK_ALIKE))
+        if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff and matcher.ratio() >= cutoff:
+            scored.append((-matcher.ratio(), model))
+    similar = [model for _, model in sorted(scored)]
+    return list(dict.fromkeys(completions + similar))[:n]
+
+
 def check_model_name(name: str) -> None:
     """A UsageError suggesting close names when `name` is not a registered model."""
     base = name.split('.')[0]
     if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) or timm.is_model(base):
         return
-    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+    close = close_model_names(name)
     hint = f" Close names: {', '.join(close)}." if close else " See timm.list_models('van*') and ('focal*')."
     raise UsageError(f"--model {name}: no such model.{hint}")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(most: int = 4) -> int:
+    """The default DataLoader worker count: `most`, but no more than the usable cores (more draws torch's warning
+    and only adds processes competing for the same cores)."""
+    return max(1, min(most, usable_cores()))
 
 
 def write_results(path: str, results: Union[Dict[str, Any], List[Dict[str, Any]]], results_format: str = '') -> None:

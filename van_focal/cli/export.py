@@ -1,10 +1,15 @@
 """Export a VAN / Focal Transformer (or any timm model) to ONNX or torch.export, and check it.
 
+    van-focal-export --checkpoint output/train/RUN/model_best.pth.tar --out model.onnx
     van-focal-export --model van_b2 --pretrained --dynamic --out van_b2.onnx
     van-focal-export --model focal_tiny_patch4_window7_224 --checkpoint focal-tiny.pth --out focal_t.onnx
     van-focal-export --model van_b0 --features --out van_b0_features.onnx
     van-focal-export --model focalv2_tiny_useconv_patch4_window7_224 --out focalv2_t.pt2
 
+A checkpoint written by train.py gives the model, its kwargs, the class count and names, the input size
+and the preprocessing, as in validate.py and predict (any flag overrides them). The preprocessing the
+exported graph expects (input size, interpolation, mean, std, crop) and the class names go into the
+file: the ONNX model's metadata_props, or `preprocessing.json` among a .pt2 archive's extra files.
 `.onnx`: timm's `onnx_export` (torch.onnx.export, the dynamo-based exporter unless `--exporter
 torchscript`), then the file is run in onnxruntime (CPU) and compared with the PyTorch model.
 `.pt2`: `torch.export.export`, saved with `torch.export.save`, loaded back and compared.
@@ -12,37 +17,36 @@ The batch dimension is always dynamic; `--dynamic` also makes height and width d
 Focal models take one input size per file: their key-index tables are constants of the size.
 """
 import argparse
+import json
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
+from timm import utils
 from timm.utils import reparameterize_model
 from timm.utils.onnx import onnx_export
 
-from ..core.checkpoint import checkpoint_loading, load_checkpoint
 from ..core.errors import UsageError
-from .args import check_model_name, run_main
+from ..train import run_info
+from .args import add_model_input_args, check_model_name, given_flags, parse_args, run_main
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 EXPORTERS = ('dynamo', 'torchscript')
 TOLERANCE = 1e-4  # largest relative difference accepted, max |ours - PyTorch| / max |PyTorch|
+PT2_METADATA = 'preprocessing.json'  # a .pt2 archive's extra file holding `metadata`
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', required=True, help='registered model name, e.g. van_b2')
+    parser = argparse.ArgumentParser(prog='van-focal-export', description=__doc__.splitlines()[0])
+    parser.add_argument('--model', '-m', default=None, help="registered model name, e.g. van_b2; default: the checkpoint's")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument('--checkpoint', default='', metavar='PATH', help='weights to load (official or timm layout)')
+    weights.add_argument('--checkpoint', default='', metavar='PATH', help='weights to load (a train.py run, official or timm layout)')
     weights.add_argument('--pretrained', action='store_true', help="the model's pretrained weights")
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='load the checkpoint with weights_only=False; only for files you trust')
     parser.add_argument('--use-ema', action='store_true', help="prefer the checkpoint's EMA weights")
-    parser.add_argument('--num-classes', type=int, default=None)
-    parser.add_argument('--img-size', type=int, nargs='+', default=None, metavar='N',
-                        help="input H W (or one N for N x N); default: the model's pretrained_cfg")
+    add_model_input_args(parser, img_size_nargs='+')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
     parser.add_argument('--dynamic', '--dynamic-size', action='store_true', dest='dynamic',
                         help='dynamic height and width too (VAN; the batch is always dynamic)')
     parser.add_argument('--features', action='store_true', help='the features_only backbone: one output per stage')
@@ -54,33 +58,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def create_export_model(name: str, pretrained: bool = False, checkpoint: str = '', features: bool = False,
-                        num_classes: int = None, reparam: bool = False, trusted: bool = False,
-                        use_ema: bool = False) -> nn.Module:
-    """The model in eval mode, as it will be exported."""
-    kwargs = dict(features_only=True) if features else {}
-    if num_classes is not None:
-        kwargs['num_classes'] = num_classes
-    with checkpoint_loading(name, name):
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    if checkpoint:
-        load_checkpoint(model, checkpoint, use_ema=use_ema, trusted=trusted)
+def resolve_img_size(args: argparse.Namespace, given: Set[str]) -> None:
+    """`--img-size N` as timm's int flag; `--img-size H W` as `--input-size C H W`."""
+    size = args.img_size
+    if not size:
+        return
+    if len(size) > 2:
+        raise UsageError(f'--img-size {" ".join(map(str, size))}: give H W, or one N for N x N.')
+    if len(size) == 1:
+        args.img_size = size[0]
+        return
+    args.input_size = [args.in_chans or (args.input_size[0] if args.input_size else 3), *size]
+    args.img_size = None
+    given.add('input_size')
+
+
+def create_export_model(args: argparse.Namespace, given: Set[str]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The model in eval mode, as it will be exported, and its preprocessing: from `--checkpoint`'s run and the
+    flags, as validate.py and predict resolve them (van_focal.run_info)."""
+    resolve_img_size(args, given)
+    saved = run_info.settings_from_checkpoint(args, given, default_model=None)
+    check_model_name(args.model)
+    model = run_info.rebuild_model(args, saved, **(dict(features_only=True) if args.features else {}))
     model.eval()
-    return reparameterize_model(model) if reparam else model
+    data_config = run_info.data_config_for(args, model, saved)
+    return (reparameterize_model(model) if args.reparam else model), data_config
+
+
+def metadata(args: argparse.Namespace, data_config: Dict[str, Any]) -> Dict[str, str]:
+    """What a user of the exported file needs besides the graph: the model, its preprocessing, its class names."""
+    config = run_info.plain_data_config(data_config)
+    meta = {'model': args.model, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}}
+    if args.class_names and not args.features:
+        meta['class_names'] = json.dumps(list(args.class_names))
+    return meta
 
 
 def takes_any_size(model: nn.Module) -> bool:
     """Whether one traced graph serves every input size (VAN, convnets); False for the Focal models,
     whose attention gathers keys through index tables computed in Python for each input size."""
     return not any(getattr(m, 'per_size_tables', False) for m in model.modules())
-
-
-def input_size(model: nn.Module, img_size: Sequence[int] = None) -> Tuple[int, int]:
-    if img_size:
-        if len(img_size) > 2:
-            raise UsageError(f'--img-size {" ".join(map(str, img_size))}: give H W, or one N for N x N.')
-        return (img_size[0], img_size[-1])
-    return tuple(model.pretrained_cfg['input_size'][1:])
 
 
 def _as_list(outputs: Outputs) -> List[torch.Tensor]:
@@ -93,20 +110,25 @@ def relative_difference(ours: Outputs, reference: Outputs) -> float:
                for a, b in zip(_as_list(ours), _as_list(reference)))
 
 
-def export_onnx(model: nn.Module, path: str, size: Tuple[int, int], dynamic: bool = False,
+def _chw(size: Sequence[int]) -> Tuple[int, int, int]:
+    """(C, H, W) of an input size given as (H, W) (3 channels) or (C, H, W)."""
+    return tuple(size) if len(size) == 3 else (3, *size)
+
+
+def export_onnx(model: nn.Module, path: str, size: Sequence[int], dynamic: bool = False,
                 exporter: str = 'dynamo', opset: int = None) -> None:
     """torch.onnx.export through timm's `onnx_export` (which also runs onnx's full model check)."""
-    num_outputs = len(_as_list(_eager(model, torch.zeros(1, 3, *size))))
-    onnx_export(model, path, example_input=torch.randn(2, 3, *size), dynamic_size=dynamic, use_dynamo=exporter == 'dynamo',
+    num_outputs = len(_as_list(_eager(model, torch.zeros(1, *_chw(size)))))
+    onnx_export(model, path, example_input=torch.randn(2, *_chw(size)), dynamic_size=dynamic, use_dynamo=exporter == 'dynamo',
                 opset=opset, output_names=[f'output{i}' for i in range(num_outputs)], check=True)
 
 
-def export_program(model: nn.Module, size: Tuple[int, int], dynamic: bool = False) -> torch.export.ExportedProgram:
+def export_program(model: nn.Module, size: Sequence[int], dynamic: bool = False) -> torch.export.ExportedProgram:
     """torch.export.export with a dynamic batch (traced at batch 2: size-1 dimensions get specialised)."""
     dims = {0: torch.export.Dim.DYNAMIC}
     if dynamic:
         dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
-    return torch.export.export(model, (torch.randn(2, 3, *size),), dynamic_shapes=(dims,))
+    return torch.export.export(model, (torch.randn(2, *_chw(size)),), dynamic_shapes=(dims,))
 
 
 def onnx_outputs(path: str, x: torch.Tensor, threads: int = None) -> List[torch.Tensor]:
@@ -123,10 +145,11 @@ def onnx_session(path: str, threads: int = None):
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-def check_inputs(size: Tuple[int, int], dynamic: bool) -> List[torch.Tensor]:
+def check_inputs(size: Sequence[int], dynamic: bool) -> List[torch.Tensor]:
     """Batches of 1 and 3 (the export traced 2) at the exported size and, with dynamic sizes, at another."""
-    sizes = [size] + ([(size[0] + 32, size[1] + 64)] if dynamic else [])
-    return [torch.randn(batch, 3, *hw) for hw in sizes for batch in (1, 3)]
+    c, h, w = _chw(size)
+    sizes = [(c, h, w)] + ([(c, h + 32, w + 64)] if dynamic else [])
+    return [torch.randn(batch, *chw) for chw in sizes for batch in (1, 3)]
 
 
 @torch.no_grad()
@@ -134,7 +157,7 @@ def _eager(model: nn.Module, x: torch.Tensor) -> Outputs:
     return model(x)
 
 
-def verify(model: nn.Module, path: str, size: Tuple[int, int], dynamic: bool) -> Dict[str, float]:
+def verify(model: nn.Module, path: str, size: Sequence[int], dynamic: bool) -> Dict[str, float]:
     """Largest relative difference of the exported file to the PyTorch model, per checked input shape."""
     if path.endswith('.pt2'):
         program = torch.export.load(path).module()
@@ -144,33 +167,61 @@ def verify(model: nn.Module, path: str, size: Tuple[int, int], dynamic: bool) ->
     return {'x'.join(map(str, x.shape)): relative_difference(run(x), _eager(model, x)) for x in check_inputs(size, dynamic)}
 
 
-def export(model: nn.Module, path: str, size: Tuple[int, int], dynamic: bool = False, exporter: str = 'dynamo',
-           opset: int = None) -> Dict[str, float]:
-    """Export to `path` (.onnx or .pt2) and return the relative differences to PyTorch (`verify`)."""
+def export(model: nn.Module, path: str, size: Sequence[int], dynamic: bool = False, exporter: str = 'dynamo',
+           opset: int = None, meta: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    """Export to `path` (.onnx or .pt2) at input `size` ((H, W) or (C, H, W)), with `meta` stored in the file,
+    and return the relative differences to PyTorch (`verify`)."""
     if dynamic and not takes_any_size(model):
         raise UsageError(f'--dynamic: {type(model).__name__} models are exported for one input size per file '
                          '(their key-index tables are constants of the size); drop --dynamic and export one file '
                          'per size with --img-size H W.')
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith('.pt2'):
-        torch.export.save(export_program(model, size, dynamic), path)
+        extra = {PT2_METADATA: json.dumps(meta)} if meta else None
+        torch.export.save(export_program(model, size, dynamic), path, extra_files=extra)
     elif path.endswith('.onnx'):
         export_onnx(model, path, size, dynamic, exporter, opset)
+        if meta:
+            import onnx
+            onnx_model = onnx.load(path)
+            onnx.helper.set_model_props(onnx_model, meta)
+            onnx.save(onnx_model, path)
     else:
         raise UsageError(f'--out {path}: name it FILE.onnx (ONNX) or FILE.pt2 (torch.export).')
     return verify(model, path, size, dynamic)
 
 
+def read_metadata(path: str) -> Dict[str, str]:
+    """The `meta` that `export` stored in an .onnx or .pt2 file."""
+    if path.endswith('.pt2'):
+        extra = {PT2_METADATA: ''}
+        torch.export.load(path, extra_files=extra)
+        return json.loads(extra[PT2_METADATA] or '{}')
+    import onnx
+    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+
+
+def describe_input(data_config: Dict[str, Any]) -> str:
+    c, h, w = data_config['input_size']
+    mean = ', '.join(f'{m:g}' for m in data_config['mean'])
+    std = ', '.join(f'{s:g}' for s in data_config['std'])
+    return (f"input {c}x{h}x{w}, {data_config['interpolation']} resize, crop_pct {data_config['crop_pct']:g} "
+            f"({data_config['crop_mode']}), mean ({mean}), std ({std})")
+
+
 def main(argv: List[str] = None) -> None:
-    args = build_parser().parse_args(argv)
-    check_model_name(args.model)
-    model = create_export_model(args.model, args.pretrained, args.checkpoint, args.features, args.num_classes,
-                                args.reparam, args.trust_checkpoint, args.use_ema)
-    size = input_size(model, args.img_size)
-    differences = export(model, args.out, size, args.dynamic, args.exporter, args.opset)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    model, data_config = create_export_model(args, given_flags(parser, argv))
+    size = data_config['input_size']
+    differences = export(model, args.out, size, args.dynamic, args.exporter, args.opset, metadata(args, data_config))
     how = 'torch.export' if args.out.endswith('.pt2') else f'torch.onnx ({args.exporter})'
-    print(f'{args.out}: {os.path.getsize(args.out) / 2 ** 20:.1f} MB, {args.model} via {how}, '
+    source = f' from {args.checkpoint}' if args.checkpoint else ' (pretrained)' if args.pretrained else ' (random weights)'
+    classes = f', {len(args.class_names)} named classes' if args.class_names and not args.features else ''
+    print(f'{args.out}: {os.path.getsize(args.out) / 2 ** 20:.1f} MB, {args.model}{source}{classes} via {how}, '
           f'dynamic {"batch, height, width" if args.dynamic else "batch"}')
+    where = 'metadata_props' if args.out.endswith('.onnx') else f'extra file {PT2_METADATA}'
+    print(f'  expects {describe_input(data_config)} (stored in its {where})')
     for shape, difference in differences.items():
         print(f'  input {shape}: max relative difference to PyTorch {difference:.2e}')
     worst = max(differences.values())

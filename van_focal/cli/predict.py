@@ -11,7 +11,7 @@ table on stdout, or `--results-file` as CSV or JSON.
 import argparse
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,8 @@ from ..core import device as devices
 from ..core.errors import UsageError
 from ..train import run_info
 from ..train.data import IMAGE_EXTENSIONS, convert_image
-from .args import add_model_input_args, check_model_name, given_flags, parse_args, run_main, write_results
+from .args import (add_model_input_args, check_model_name, default_workers, given_flags, parse_args, run_main,
+                   write_results)
 
 _logger = logging.getLogger('predict')
 
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument('-b', '--batch-size', type=int, default=32)
-    parser.add_argument('--workers', '-j', type=int, default=2)
+    parser.add_argument('--workers', '-j', type=int, default=default_workers(2), help='default: 2, at most the usable cores')
+    parser.add_argument('--skip-bad-images', action=argparse.BooleanOptionalAction, default=True,
+                        help='warn about each file that is no readable image and go on (default); '
+                             '--no-skip-bad-images stops at the first')
     parser.add_argument('--device', default=None, help='cuda, npu or cpu (default: the accelerator present)')
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--amp-dtype', default='float16', choices=list(devices.AMP_DTYPES))
@@ -50,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def image_files(inputs: List[str]) -> List[str]:
-    """The image files among `inputs` and inside the folders among them, in a stable order."""
+    """The image files among `inputs` and inside the folders among them, in a stable order, each once (a file
+    given twice, or also inside a folder given, by any spelling of its path: the first spelling is kept)."""
     files = []
     for path in inputs:
         if os.path.isdir(path):
@@ -63,7 +68,15 @@ def image_files(inputs: List[str]) -> List[str]:
             files.append(path)
         else:
             raise UsageError(f'{path}: no such file or folder.')
-    return files
+    seen, unique = set(), []
+    for f in files:
+        if os.path.realpath(f) not in seen:
+            seen.add(os.path.realpath(f))
+            unique.append(f)
+    if len(unique) < len(files):
+        _logger.warning(f'{len(files) - len(unique)} of the {len(files)} image paths name a file already given: '
+                        'each file is classified once.')
+    return unique
 
 
 def class_names(model: nn.Module, names: Optional[List[str]]) -> List[str]:
@@ -80,6 +93,8 @@ def class_names(model: nn.Module, names: Optional[List[str]]) -> List[str]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
+    """(index, image tensor) per file; (index, the decoding error) for a file that is no readable image."""
+
     def __init__(self, files: List[str], transform, mode: str):
         self.files, self.transform, self.mode = files, transform, mode
 
@@ -87,37 +102,52 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index):
-        path = self.files[index]
         try:
-            with Image.open(path) as img:
-                return self.transform(convert_image(img, self.mode))
-        except (OSError, SyntaxError, ValueError) as e:
-            raise UsageError(f'{path}: cannot decode this image ({e}).') from None
+            with Image.open(self.files[index]) as img:
+                return index, self.transform(convert_image(img, self.mode))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            return index, str(e)
+
+
+def _collate(items):
+    """Good images stacked with their indices; bad ones as (index, error) pairs."""
+    good = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
+    bad = [(i, x) for i, x in items if not isinstance(x, torch.Tensor)]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, bad
 
 
 def predict(model: nn.Module, files: List[str], data_config: Dict, names: List[str], topk: int, args,
-            device: torch.device) -> List[Dict]:
-    """One row per file: `file`, then `label_i` / `prob_i` for the top-k classes (probabilities in [0, 1])."""
+            device: torch.device) -> Tuple[List[Dict], List[str]]:
+    """One row per readable file: `file`, then `label_i` / `prob_i` for the top-k classes (probabilities in
+    [0, 1]); and the files skipped as unreadable (`args.skip_bad_images`; otherwise the first one stops)."""
     transform = create_transform(**{k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std',
                                                                 'crop_pct', 'crop_mode')})
     dataset = ImageFiles(files, transform, run_info.input_img_mode(args, data_config))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=_collate)
     autocast = devices.autocast(device, args.amp, devices.amp_dtype(args.amp_dtype))
     topk = min(topk, len(names))
-    rows = []
+    rows, skipped = [], []
     with torch.inference_mode():
-        for batch in loader:
+        for indices, batch, bad in loader:
+            for index, error in bad:
+                if not args.skip_bad_images:
+                    raise UsageError(f'{files[index]}: cannot decode this image ({error}). Replace or remove it, '
+                                     'or leave out --no-skip-bad-images to skip unreadable files.')
+                _logger.warning(f'Skipped {files[index]}: not a readable image ({error}).')
+                skipped.append(files[index])
+            if batch is None:
+                continue
             with autocast():
                 logits = model(batch.to(device))
-            probs, indices = logits.float().softmax(-1).topk(topk)
-            for probs_row, indices_row in zip(probs.tolist(), indices.tolist()):
-                row = dict(file=files[len(rows)])
-                for rank, (p, i) in enumerate(zip(probs_row, indices_row), 1):
+            probs, top = logits.float().softmax(-1).topk(topk)
+            for index, probs_row, top_row in zip(indices, probs.tolist(), top.tolist()):
+                row = dict(file=files[index])
+                for rank, (p, i) in enumerate(zip(probs_row, top_row), 1):
                     row[f'label_{rank}'], row[f'prob_{rank}'] = names[i], round(p, 4)
                 rows.append(row)
-    return rows
-
-
+    return rows, skipped
 
 
 def print_table(rows: List[Dict], topk: int) -> None:
@@ -133,21 +163,21 @@ def main(argv=None):
     args = parse_args(parser, argv)
     if not (args.checkpoint or args.pretrained):
         raise UsageError('no weights to predict with: pass --checkpoint FILE or --model NAME --pretrained.')
-    args.class_names = None
-    saved = run_info.read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
-    run_info.fill_from_checkpoint(args, saved, given_flags(parser, argv), args.checkpoint)
-    args.model = args.model or 'van_b0'
+    saved = run_info.settings_from_checkpoint(args, given_flags(parser, argv))
     check_model_name(args.model)
-    names = run_info.class_names_from_map(args.class_map) if args.class_map else args.class_names
-    if args.num_classes is None and names:
-        args.num_classes = len(names)
     files = image_files(args.inputs)
     device = devices.init_device(args)
-    model = run_info.rebuild_model(args).to(device).eval()
+    model = run_info.rebuild_model(args, saved).to(device).eval()
     data_config = run_info.data_config_for(args, model, saved)
-    rows = predict(model, files, data_config, class_names(model, names), args.topk, args, device)
+    rows, skipped = predict(model, files, data_config, class_names(model, args.class_names), args.topk, args, device)
+    if skipped and not rows:
+        raise UsageError(f'none of the {len(files)} files is a readable image (each is named above).')
+    if skipped:
+        _logger.warning(f'Skipped {len(skipped)} of {len(files)} files: not readable images (named above).')
     if args.results_file:
         write_results(args.results_file, rows, args.results_format)
+        kind = 'JSON' if (args.results_format or os.path.splitext(args.results_file)[1][1:]) == 'json' else 'CSV'
+        print(f'{len(rows)} results written to {os.path.abspath(args.results_file)} ({kind}).')
     else:
         print_table(rows, args.topk)
 

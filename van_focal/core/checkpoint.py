@@ -101,8 +101,10 @@ def _classes_hint(shapes) -> str:
             f'(data with {file_classes} classes), or fine-tune from it with --pretrained-path.')
 
 
-def explain(error: BaseException, source: str, model_name: str = 'this model') -> Optional[CheckpointError]:
-    """A CheckpointError for a known loading failure of `source`, or None for anything else (a genuine bug)."""
+def explain(error: BaseException, source: str, model_name: str = 'this model',
+            trained_as: str = '') -> Optional[CheckpointError]:
+    """A CheckpointError for a known loading failure of `source`, or None for anything else (a genuine bug).
+    `trained_as`: the model the file's training arguments name, if they name one."""
     text = str(error)
     if isinstance(error, FileNotFoundError) and (not _raised_by_torch_load(error) or not os.path.exists(source)):
         return CheckpointError(f'{source}: no such checkpoint file.')
@@ -124,28 +126,34 @@ def explain(error: BaseException, source: str, model_name: str = 'this model') -
         shapes = re.findall(r'size mismatch for ([^:]+): copying a param with shape (torch\.Size\(\[[^]]*\]\)) from '
                             r'checkpoint, the shape in current model is (torch\.Size\(\[[^]]*\]\))', text)
         missing_or_unexpected = re.search(r'(Missing|Unexpected) key\(s\)', text)
-        hint = 'Is it a checkpoint of another model or size?' if missing_or_unexpected else _classes_hint(shapes)
+        if trained_as and trained_as.split('.')[0] != model_name.split('.')[0]:
+            hint = (f'It holds a {trained_as} (the model its run trained): leave --model out to build the '
+                    f"checkpoint's model, or pass --model {trained_as}.")
+        else:
+            hint = 'Is it a checkpoint of another model or size?' if missing_or_unexpected else _classes_hint(shapes)
         return CheckpointError(f'{source} does not fit {model_name}: {_summarise_state_dict_error(text)}. {hint}')
     return None
 
 
 @contextmanager
-def checkpoint_loading(source: str, model_name: str = 'this model') -> Iterator[None]:
+def checkpoint_loading(source: str, model_name: str = 'this model', trained_as: str = '') -> Iterator[None]:
     """Allow the training configs, and re-raise known failures as one CheckpointError naming `source`."""
     allow_training_configs()
     try:
         yield
     except Exception as e:
-        clear = explain(e, source, model_name)
+        clear = explain(e, source, model_name, trained_as)
         if clear is None:
             raise
         raise clear from None
 
 
 def load_checkpoint(model: nn.Module, path: str, use_ema: bool = True, strict: bool = True,
-                    trusted: bool = False) -> Any:
-    """`timm.models.load_checkpoint` with clear errors; `trusted=True` allows any pickled object in the file."""
-    with checkpoint_loading(str(path), type(model).__name__):
+                    trusted: bool = False, trained_as: str = '') -> Any:
+    """`timm.models.load_checkpoint` with clear errors; `trusted=True` allows any pickled object in the file.
+    `trained_as`: the model name the file's training arguments hold, named when the weights do not fit."""
+    name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+    with checkpoint_loading(str(path), name, trained_as):
         return timm_load_checkpoint(model, str(path), use_ema=use_ema, strict=strict, weights_only=not trusted)
 
 

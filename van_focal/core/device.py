@@ -170,6 +170,8 @@ def autocast(device: torch.device, enabled: bool, dtype: torch.dtype = torch.flo
         return nullcontext
     if device.type == 'cpu' and dtype == torch.float16:
         dtype = torch.bfloat16  # CPU autocast runs in bfloat16
+        say_once('--amp on the CPU: autocast runs in bfloat16 (the CPU has no float16 autocast), without loss '
+                 'scaling; --amp-dtype bfloat16 says so and silences this line.')
     if dtype == torch.bfloat16 and not bf16_supported(device):
         # autocast would disable itself with only a warning and run in float32
         raise DeviceError(f'--amp-dtype bfloat16: {device.type} device {device} has no bfloat16 support; use '

@@ -4,14 +4,15 @@ Like timm's train.py, train.py saves its argparse Namespace as the checkpoint's 
 `model_kwargs`, class count, input size and preprocessing flags, optimisation settings. Two entries
 are added: `data_config` (the resolved preprocessing: input_size, interpolation, mean, std,
 crop_pct, crop_mode) and `class_names` (index order). `--resume` restores the run's settings, and
-validate.py and `python -m van_focal.predict` rebuild the model, its preprocessing and its labels
-from there, unless the command line says otherwise. Checkpoints of timm's own train.py work the
-same way, without class names.
+validate.py, `van-focal-predict` and `van-focal-export` rebuild the model, its preprocessing and its
+labels from there, all three through `settings_from_checkpoint` -> `rebuild_model` ->
+`data_config_for`, unless the command line says otherwise. Checkpoints of timm's own train.py work
+the same way, without class names.
 """
 import argparse
 import logging
 import os
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 import timm
 import torch
@@ -89,14 +90,52 @@ def fill_from_checkpoint(args: argparse.Namespace, saved: Dict[str, Any], given:
         args.class_names = saved['class_names']
 
 
-def rebuild_model(args: argparse.Namespace) -> nn.Module:
-    """The model `args` describe (after `fill_from_checkpoint`), with `--checkpoint`'s or `--pretrained` weights."""
+def settings_from_checkpoint(args: argparse.Namespace, given: Set[str], default_model: Optional[str] = 'van_b0',
+                             root: str = '') -> Dict[str, Any]:
+    """What validate.py, predict and export know before building the model, the same way for the three:
+    `--checkpoint`'s stored run under the command line (`fill_from_checkpoint`), then `--model` (else
+    `default_model`; None: it must come from somewhere), the class names (`--class-map`, read under `root`,
+    over the checkpoint's) and the class count they give. Returns the stored run settings, for
+    `rebuild_model` and `data_config_for`."""
+    args.class_names = getattr(args, 'class_names', None)
+    saved = read_saved_args(args.checkpoint, args.trust_checkpoint) if args.checkpoint else {}
+    fill_from_checkpoint(args, saved, given, args.checkpoint)
+    if not args.model:
+        if default_model is None:
+            where = f'{args.checkpoint} names no model (it holds no train.py arguments)' if args.checkpoint else \
+                'no --checkpoint of a train.py run gives one'
+            raise UsageError(f'which model? {where}: pass --model NAME (e.g. --model van_b0).')
+        args.model = default_model
+    if getattr(args, 'class_map', ''):
+        args.class_names = class_names_from_map(args.class_map, root)
+    if args.num_classes is None and getattr(args, 'class_names', None):
+        args.num_classes = len(args.class_names)
+    return saved
+
+
+def has_ema_weights(path: str, trusted: bool = False) -> bool:
+    """Whether checkpoint `path` holds EMA weights where timm's loading looks for them."""
+    with checkpoint_loading(path):
+        checkpoint = read_checkpoint_file(path, trusted)
+    return isinstance(checkpoint, dict) and any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema'))
+
+
+def rebuild_model(args: argparse.Namespace, saved: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+    """The model `args` describe (after `settings_from_checkpoint`), with `--checkpoint`'s or `--pretrained`
+    weights; `kwargs` go to `timm.create_model` too (export's features_only). When the weights do not fit,
+    the message names the model the checkpoint's run trained (`saved['model']`)."""
     in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
     with checkpoint_loading(args.model, args.model):
         model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
-                                  in_chans=in_chans, global_pool=args.gp, **args.model_kwargs)
+                                  in_chans=in_chans, global_pool=args.gp, **args.model_kwargs, **kwargs)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trusted=args.trust_checkpoint)
+        use_ema = getattr(args, 'use_ema', False)
+        if use_ema and not has_ema_weights(args.checkpoint, args.trust_checkpoint):
+            _logger.warning(f'--use-ema: {args.checkpoint} holds no EMA weights (train.py saves them with --model-ema); '
+                            'using its model weights.')
+        trained_as = (saved or {}).get('model')
+        load_checkpoint(model, args.checkpoint, use_ema=use_ema, trusted=args.trust_checkpoint,
+                        trained_as=trained_as if isinstance(trained_as, str) else '')
     return model
 
 

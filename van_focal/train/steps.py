@@ -178,8 +178,36 @@ def resume_position(checkpoint_path: str) -> Optional[Dict[str, float]]:
     return state.get('position')
 
 
+def _read_summary(summary_csv: str) -> Dict[int, Dict[str, float]]:
+    """summary.csv by epoch (a row written again after a restart replaces the earlier one), numbers only."""
+    with open(summary_csv) as f:
+        rows = list(csv.DictReader(f))
+    by_epoch = {}
+    for row in rows:
+        values = {}
+        for key, text in row.items():
+            with suppress(TypeError, ValueError):
+                values[key] = float(text)
+        if 'epoch' in values:
+            by_epoch[int(values['epoch'])] = values
+    return dict(sorted(by_epoch.items()))
+
+
+def _pad(ax, values, least_span: float, low: Optional[float] = None, high: Optional[float] = None) -> None:
+    """y limits around `values` spanning at least `least_span` (a single point or a flat curve is not drawn
+    across the whole axis height), kept within [low, high]."""
+    lo, hi = min(values), max(values)
+    margin = max((hi - lo) * 0.1, (least_span - (hi - lo)) / 2, 0)
+    lo, hi = lo - margin, hi + margin
+    if low is not None and lo < low:
+        lo, hi = low, max(hi, low + least_span)
+    if high is not None and hi > high:
+        lo, hi = min(lo, high - least_span), high
+    ax.set_ylim(lo, hi)
+
+
 def plot_summary(summary_csv: str, png_path: str) -> None:
-    """Loss and accuracy curves from timm's summary.csv, one panel each (skipped without matplotlib)."""
+    """summary.png: `summary_figure` (skipped without matplotlib)."""
     try:
         import matplotlib
     except ImportError:
@@ -187,24 +215,51 @@ def plot_summary(summary_csv: str, png_path: str) -> None:
         return
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    fig = summary_figure(summary_csv)
+    if fig is not None:
+        fig.savefig(png_path, dpi=100)
+        plt.close(fig)
 
-    with open(summary_csv) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    epochs = [int(r['epoch']) for r in rows]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (('train_loss', 'train'), ('eval_loss', 'eval')):
-        if key in rows[0]:
-            loss_ax.plot(epochs, [float(r[key]) for r in rows], label=label)
-    for key, label in (('eval_top1', 'top-1'), ('eval_top5', 'top-5')):
-        if key in rows[0]:
-            acc_ax.plot(epochs, [float(r[key]) for r in rows], label=label)
-    loss_ax.set(xlabel='epoch', ylabel='loss', title='loss')
-    acc_ax.set(xlabel='epoch', ylabel='accuracy (%)', title='validation accuracy')
-    for ax in (loss_ax, acc_ax):
+
+def summary_figure(summary_csv: str):
+    """Loss, accuracy and learning-rate curves from timm's summary.csv, one panel each, a marker per epoch,
+    whole epochs on the x axis, y limits that keep a single epoch or a flat curve readable; None if it is empty."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    by_epoch = _read_summary(summary_csv)
+    if not by_epoch:
+        return None
+    epochs = list(by_epoch)
+    rows = list(by_epoch.values())
+    panels = [('loss', 'loss', [('train_loss', 'train'), ('eval_loss', 'eval')]),
+              ('validation accuracy', 'accuracy (%)', [('eval_top1', 'top-1'), ('eval_top5', 'top-5')]),
+              ('learning rate', 'lr (end of epoch)', [('lr', 'lr')])]
+    panels = [(title, label, [(k, n) for k, n in series if all(k in r for r in rows)]) for title, label, series in panels]
+    panels = [p for p in panels if p[2]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
+    for ax, (title, label, series) in zip(axes[0], panels):
+        values = []
+        for key, name in series:
+            ys = [r[key] for r in rows]
+            values += ys
+            last = f'{ys[-1]:.3g}' if key == 'lr' else f'{ys[-1]:.2f}' if 'top' in key else f'{ys[-1]:.3f}'
+            ax.plot(epochs, ys, marker='o', markersize=4, label=f'{name} ({last} at epoch {epochs[-1]})')
+        if 'top1' in series[0][0]:
+            best = max(range(len(rows)), key=lambda i: rows[i]['eval_top1'])
+            title = f'{title}, best top-1 {rows[best]["eval_top1"]:.2f} (epoch {epochs[best]})'
+            _pad(ax, values, 10.0, -1.5, 101.5)  # 0 and 100 % markers whole
+        elif series[0][0] == 'lr':
+            ax.set_ylim(0, max(values) * 1.1 or 1e-3)  # schedules start and end near 0
+            ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
+        else:
+            _pad(ax, values, max(abs(v) for v in values) * 0.1 or 0.1, 0.0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if len(epochs) < 4:  # a point or two: not stretched across the whole width
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        ax.set(xlabel='epoch', ylabel=label, title=title)
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    return fig
