@@ -4,12 +4,16 @@
     van-focal-export --model focal_tiny_patch4_window7_224 --checkpoint focal-tiny.pth --out focal_t.onnx
     van-focal-export --model van_b0 --features --out van_b0_features.onnx
     van-focal-export --model focalv2_tiny_useconv_patch4_window7_224 --out focalv2_t.pt2
+    van-focal-export --model van_b0 --checkpoint RUN/model_best.pth.tar --reparam --out van_b0.onnx \
+        --int8 --calibration-data DATA/train --val-data DATA/val
 
 `.onnx`: timm's `onnx_export` (torch.onnx.export, the dynamo-based exporter unless `--exporter
 torchscript`), then the file is run in onnxruntime (CPU) and compared with the PyTorch model.
 `.pt2`: `torch.export.export`, saved with `torch.export.save`, loaded back and compared.
 The batch dimension is always dynamic; `--dynamic` also makes height and width dynamic (VAN).
 Focal models take one input size per file: their key-index tables are constants of the size.
+A .onnx file carries the model's preprocessing and class names in its metadata (`predict --onnx`);
+`--int8` also writes FILE.int8.onnx, quantized by onnxruntime and checked against float (van_focal.cli.deploy).
 """
 import argparse
 import os
@@ -24,6 +28,7 @@ from timm.utils.onnx import onnx_export
 
 from ..core.checkpoint import checkpoint_loading, load_checkpoint
 from ..core.errors import UsageError
+from . import deploy
 from .args import check_model_name, run_main
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -51,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--opset', type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument('--tolerance', type=float, default=TOLERANCE, help='largest relative difference accepted')
     parser.add_argument('--out', required=True, metavar='FILE', help='FILE.onnx (torch.onnx) or FILE.pt2 (torch.export)')
+    deploy.add_int8_args(parser)
     return parser
 
 
@@ -164,10 +170,14 @@ def export(model: nn.Module, path: str, size: Tuple[int, int], dynamic: bool = F
 def main(argv: List[str] = None) -> None:
     args = build_parser().parse_args(argv)
     check_model_name(args.model)
+    deploy.check_int8_args(args)
     model = create_export_model(args.model, args.pretrained, args.checkpoint, args.features, args.num_classes,
                                 args.reparam, args.trust_checkpoint, args.use_ema)
     size = input_size(model, args.img_size)
     differences = export(model, args.out, size, args.dynamic, args.exporter, args.opset)
+    if args.out.endswith('.onnx'):  # preprocessing and class names, for predict --onnx and other runtimes
+        meta = deploy.export_metadata(model, args.model, size, args.checkpoint, args.trust_checkpoint)
+        deploy.write_metadata(args.out, meta)
     how = 'torch.export' if args.out.endswith('.pt2') else f'torch.onnx ({args.exporter})'
     print(f'{args.out}: {os.path.getsize(args.out) / 2 ** 20:.1f} MB, {args.model} via {how}, '
           f'dynamic {"batch, height, width" if args.dynamic else "batch"}')
@@ -177,6 +187,8 @@ def main(argv: List[str] = None) -> None:
     print(f'largest difference {worst:.2e} ({"within" if worst <= args.tolerance else "ABOVE"} tolerance {args.tolerance:g})')
     if worst > args.tolerance:
         sys.exit(1)
+    if args.int8:
+        print('\n'.join(deploy.describe(*deploy.export_int8(args.out, meta, args))))
 
 
 def run() -> None:
