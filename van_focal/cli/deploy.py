@@ -114,7 +114,10 @@ class OnnxClassifier:
         self.num_classes = classes if isinstance(classes, int) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().contiguous().numpy()})[0])
+        return torch.from_numpy(self.run_numpy(x.float().contiguous().numpy()))
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
 
     def eval(self):
         return self
@@ -237,15 +240,20 @@ def float_nodes(path: str) -> Dict[str, List[str]]:
     return {kind: nodes for kind, nodes in kept.items() if nodes}
 
 
-def quantize(float_path: str, int8_path: str, mode: str = 'static', calibration: List[np.ndarray] = None) -> Dict:
+def quantize(float_path: str, int8_path: str, mode: str = 'static', calibration: List[np.ndarray] = None,
+             keep_float: bool = True) -> Dict:
     """Write the INT8 version of `float_path` (QDQ, weights int8 per channel, activations uint8 per tensor,
-    MinMax-calibrated on `calibration` batches; or `dynamic`). Returns how, for the metadata."""
+    MinMax-calibrated on `calibration` batches; or `dynamic`), `float_nodes` kept in float unless not
+    `keep_float` (the measurement of that choice). Returns how, for the metadata."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_dynamic, quantize_static)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, 'prepared.onnx')
-        quant_pre_process(float_path, prepared)  # shape inference and graph clean-up, as onnxruntime advises
-        kept = float_nodes(prepared)
+        try:  # shape inference and graph clean-up, as onnxruntime advises before quantizing
+            quant_pre_process(float_path, prepared)
+        except Exception:  # its symbolic shape inference gives up on some graphs (Focal v1 traced); onnx's then
+            quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
+        kept = float_nodes(prepared) if keep_float else {}
         excluded = [n for nodes in kept.values() for n in nodes]
         if mode == 'dynamic':
             quantize_dynamic(prepared, int8_path, weight_type=QuantType.QInt8, per_channel=True,
