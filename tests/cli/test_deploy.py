@@ -38,8 +38,21 @@ def predict_rows(tmp_path, inputs, *flags):
 
 
 @pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A checkpoint as train.py writes it (weights, and the run's args with data_config and class_names), of an
+    untrained VAN-B0 for 3 classes at 32x32: no training run, to keep the test short."""
+    path = tmp_path_factory.mktemp('run') / 'last.pth.tar'
+    data_config = dict(input_size=(3, 32, 32), interpolation='bicubic', mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                       crop_pct=0.9, crop_mode='center')
+    args = argparse.Namespace(model='van_b0', num_classes=3, img_size=32, model_kwargs={}, class_names=CLASSES,
+                              data_config=data_config)
+    torch.save({'state_dict': timm.create_model('van_b0', num_classes=3).state_dict(), 'args': args}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
 def van(data, checkpoint, tmp_path_factory):
-    """van.onnx and van.int8.onnx of the 1-epoch train.py run, and what the export printed."""
+    """van.onnx and van.int8.onnx of the checkpoint, and what the export printed."""
     out = tmp_path_factory.mktemp('van') / 'van.onnx'
     text = printed(export.main, ['--model', 'van_b0', '--checkpoint', checkpoint, '--num-classes', 3, '--img-size', 32,
                                  '--reparam', '--exporter', 'torchscript', '--out', out, '--int8',
