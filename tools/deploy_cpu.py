@@ -131,7 +131,7 @@ def main(argv: List[str] = None) -> None:
 
     x8 = np.concatenate(batches)[:8].copy()
     x1 = x8[:1].copy()
-    rows, profiles = [], []
+    rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         load = os.getloadavg()[0]
@@ -158,18 +158,18 @@ def main(argv: List[str] = None) -> None:
             rows.append(row)
             print(f"{name:<24} {key[0]:<22} {key[1]:<36} threads {threads}  b1 {row['img_per_sec_b1']:>8.1f}"
                   f"  b8 {row['img_per_sec_b8']:>8.1f} img/s  top-1 {row['top1']}", flush=True)
+        if args.results_file:  # after each thread count: a long run interrupted keeps what it measured
+            append(args.results_file, rows[-len(runs):], COLUMNS)
         if args.profile:
             for label, (path, _) in onnx_files.items():
                 for x in (x1, x8):
                     shares = op_profile(path, x, threads)
                     print(f'  profile {label} b{len(x)} threads {threads}:', shares, flush=True)
-                    profiles += [dict(rows[0], runtime='onnxruntime', precision=label, threads=threads, batch=len(x),
-                                      op=op, pct_of_kernel_time=pct, load_avg=round(os.getloadavg()[0], 1))
-                                 for op, pct in shares.items()]
-    if args.results_file:
-        append(args.results_file, rows, COLUMNS)
-    if args.profile_file and profiles:
-        append(args.profile_file, profiles, PROFILE_COLUMNS)
+                    profiles = [dict(rows[0], runtime='onnxruntime', precision=label, threads=threads, batch=len(x),
+                                     op=op, pct_of_kernel_time=pct, load_avg=round(os.getloadavg()[0], 1))
+                                for op, pct in shares.items() if pct >= 1]
+                    if args.profile_file:
+                        append(args.profile_file, profiles, PROFILE_COLUMNS)
 
 
 def append(path: str, rows: List[Dict], columns: List[str]) -> None:

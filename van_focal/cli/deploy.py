@@ -252,12 +252,16 @@ def quantize(float_path: str, int8_path: str, mode: str = 'static', calibration:
         # Shape inference and graph clean-up, as onnxruntime advises before quantizing. onnx's shape inference:
         # onnxruntime's symbolic one gives up on some graphs (Focal v1 traced) and took 90x longer on VAN.
         quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
-        kept = float_nodes(float_path if mode == 'dynamic' else prepared) if keep_float else {}
+        kept = float_nodes(prepared) if keep_float else {}
         excluded = [n for nodes in kept.values() for n in nodes]
         if mode == 'dynamic':
-            # from the exported file: after quant_pre_process, onnx's shape inference inside quantize_dynamic
-            # rejects the dynamo-exported Focal-fast head (inferred 768 vs stored 6 classes)
-            quantize_dynamic(float_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
+            # Without the stored intermediate shapes: onnx's shape inference inside quantize_dynamic rejects
+            # those of the dynamo-exported Focal-fast (inferred 32 vs stored 3, 768 vs 6).
+            import onnx
+            model = onnx.load(prepared)
+            del model.graph.value_info[:]
+            onnx.save(model, prepared)
+            quantize_dynamic(prepared, int8_path, weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=['MatMul', 'Gemm'], nodes_to_exclude=excluded)
             how = dict(mode='dynamic', weights='int8 per channel', activations='uint8 per tensor at run time',
                        quantized_ops=['MatMul', 'Gemm'])
