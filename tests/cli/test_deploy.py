@@ -4,7 +4,6 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 
 import onnx
 import pytest
@@ -90,7 +89,7 @@ def test_predict_through_onnxruntime_float_and_int8(van, data, checkpoint, tmp_p
     assert all({r['label_1'], r['label_2'], r['label_3']} == set(CLASSES) for r in onnx_int8)
 
 
-def test_focal_int8_keeps_attention_in_float_static_and_dynamic(data, tmp_path):
+def test_focal_int8_static_with_and_without_float_attention_and_dynamic(data, tmp_path):
     model = timm.create_model(FOCAL, num_classes=3, **FOCAL_SMALL).eval()
     path = str(tmp_path / 'focal.onnx')
     export.export(model, path, (64, 64), exporter='torchscript')
@@ -99,8 +98,17 @@ def test_focal_int8_keeps_attention_in_float_static_and_dynamic(data, tmp_path):
     deploy.write_metadata(path, meta)
     args = argparse.Namespace(int8='static', calibration_data=str(data / 'train'), val_data='', calibration_images=12,
                               check_images=100)
+    def softmax_quantized(path):  # a QuantizeLinear takes the Softmax's output (DQ -> Softmax -> Q)
+        nodes = onnx.load(path).graph.node
+        outputs = {o for n in nodes if n.op_type == 'Softmax' for o in n.output}
+        return any(n.op_type == 'QuantizeLinear' and set(n.input) & outputs for n in nodes)
+
+    int8_path, how = deploy.export_int8(path, meta, args)
+    assert how['kept_float'] == {} and softmax_quantized(int8_path)
+    args.int8_float_attention = True
     int8_path, how = deploy.export_int8(path, meta, args)
     assert how['kept_float']['Softmax'] > 0 and how['kept_float']['MatMul of two activations'] > 0
+    assert not softmax_quantized(int8_path)
     assert how['check']['images'] == 12 and 'top1_int8' in how['check']  # the 24 - 12 training images left
     rows = predict_rows(tmp_path, [data / 'val'], '--onnx', int8_path)
     assert len(rows) == 12 and {r['label_1'] for r in rows} <= set(CLASSES)

@@ -10,8 +10,8 @@ Each .onnx file `van_focal.export` writes carries in its metadata_props: `van_fo
 known, `van_focal.class_names` (JSON list in index order), taken from the checkpoint as validate.py does.
 `--int8` (static) quantizes weights per channel and activations per tensor to 8 bits (QDQ format;
 `onnxruntime.quantization.quantize_static`), with activation ranges calibrated (MinMax) on N images of
-`--calibration-data` passed through the model's own preprocessing. Focal's attention (the softmax and
-the query-key and attention-value matmuls) stays in float. The INT8 file is then checked against the
+`--calibration-data` passed through the model's own preprocessing; `--int8-float-attention` keeps Focal's
+attention (softmax, query-key and attention-value matmuls) in float. The INT8 file is then checked against the
 float one on held-out images (the rest of the folder, or `--val-data`): how many top-1 predictions
 agree, the max / mean |logit difference|, and top-1 of both where the folder names the classes. The
 check is printed and stored as `van_focal.int8`. `--int8 dynamic` (`quantize_dynamic`: weights only,
@@ -228,9 +228,9 @@ def folder_labels(files: List[str], names: Optional[List[str]]) -> Optional[np.n
 # ---------------------------------------------------------------------------------------------
 
 def float_nodes(path: str) -> Dict[str, List[str]]:
-    """The nodes kept in float, by kind: Softmax, and MatMuls of two computed tensors (attention's q @ k^T and
-    attn @ v; a Linear's MatMul has a weight initializer). Measured on a trained Focal-fast-T: see
-    docs/deploy_cpu.md."""
+    """The nodes `--int8-float-attention` keeps in float, by kind: Softmax, and MatMuls of two computed tensors
+    (attention's q @ k^T and attn @ v; a Linear's MatMul has a weight initializer). Not the default: on a
+    trained Focal-fast-T, quantizing them too agreed with float as often or more (docs/deploy_cpu.md)."""
     import onnx
     graph = onnx.load(path, load_external_data=False).graph
     constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == 'Constant' for o in n.output}
@@ -241,10 +241,10 @@ def float_nodes(path: str) -> Dict[str, List[str]]:
 
 
 def quantize(float_path: str, int8_path: str, mode: str = 'static', calibration: List[np.ndarray] = None,
-             keep_float: bool = True) -> Dict:
+             keep_float: bool = False) -> Dict:
     """Write the INT8 version of `float_path` (QDQ, weights int8 per channel, activations uint8 per tensor,
-    MinMax-calibrated on `calibration` batches; or `dynamic`), `float_nodes` kept in float unless not
-    `keep_float` (the measurement of that choice). Returns how, for the metadata."""
+    MinMax-calibrated on `calibration` batches; or `dynamic`), with `float_nodes` kept in float if
+    `keep_float` (`--int8-float-attention`). Returns how, for the metadata."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_dynamic, quantize_static)
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,6 +314,8 @@ def add_int8_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--val-data', default='', metavar='DIR', help='check the INT8 file on these images instead')
     group.add_argument('--calibration-images', type=int, default=CALIBRATION_IMAGES, metavar='N',
                        help=f'images drawn from --calibration-data to calibrate on (default {CALIBRATION_IMAGES})')
+    group.add_argument('--int8-float-attention', action='store_true',
+                       help='keep every Softmax and every MatMul of two activations (attention) in float')
     group.add_argument('--check-images', type=int, default=CHECK_IMAGES, metavar='N',
                        help=f'held-out images the INT8 file is checked on (default at most {CHECK_IMAGES})')
 
@@ -352,7 +354,7 @@ def export_int8(float_path: str, meta: Dict[str, Any], args: argparse.Namespace)
                                                   args.check_images)
     calibration = list(image_batches(calibration_files, data_config, mode)) if args.int8 == 'static' else []
     out = int8_path(float_path)
-    how = quantize(float_path, out, args.int8, calibration)
+    how = quantize(float_path, out, args.int8, calibration, getattr(args, 'int8_float_attention', False))
     if check_files:
         how['check'] = dict(compare(float_path, out, list(image_batches(check_files, data_config, mode)),
                                     folder_labels(check_files, meta.get('class_names'))),
