@@ -14,7 +14,9 @@ the routes the CPU's measurement picked (van_focal.models._routes), and the peak
 peak on an accelerator; the process's peak resident memory on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 With --onnx, inference is also exported to ONNX as `python -m van_focal.export` does and timed in
-onnxruntime (CPU) on the same input. With --roofline, the step's FLOP-counted kernels (convs, matmuls,
+onnxruntime (CPU) on the same input, float and INT8 (static QDQ as its `--int8` makes it, calibrated on
+random inputs: a speed figure), at --batch-size and at batch 1 (eager too), with the CPU named and whether
+it has 8-bit dot products (VNNI). With --roofline, the step's FLOP-counted kernels (convs, matmuls,
 attention) are timed alone at the model's own shapes, and its GFLOP/s reported as a percentage of theirs
 (van_focal/roofline.py).
 """
@@ -40,6 +42,7 @@ from van_focal.cli import roofline
 from van_focal.models import _routes as routes
 from van_focal.core.errors import UsageError
 from van_focal.cli.args import parse_args, run_main, write_results
+from van_focal.cli import deploy
 from van_focal.cli.export import export, onnx_session
 from van_focal.core.progress import format_duration
 
@@ -196,7 +199,9 @@ def bench_isolated(name: str, modes: List[str], args) -> List[Dict[str, Any]]:
 
 def bench_onnx(model: nn.Module, x: torch.Tensor, args) -> Dict[str, Any]:
     """Export `model` (dynamo exporter, dynamic batch, and dynamic size where the model allows it), check it
-    in onnxruntime against PyTorch, and time onnxruntime on `x` with as many threads as torch uses."""
+    in onnxruntime against PyTorch, and time onnxruntime on `x` with as many threads as torch uses; then its
+    INT8 version (static QDQ as `python -m van_focal.export --int8` makes it, calibrated on random inputs:
+    a speed figure, not an accuracy one), and float and INT8 at batch 1 beside eager at batch 1."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'model.onnx')
         size = tuple(x.shape[2:])
@@ -206,12 +211,25 @@ def bench_onnx(model: nn.Module, x: torch.Tensor, args) -> Dict[str, Any]:
         except UsageError:  # Focal: one file per input size
             differences = export(model, path, size, dynamic=False)
             dynamic = 'batch'
-        session = onnx_session(path, torch.get_num_threads())
-        feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
-        timing = time_steps(lambda: session.run(None, feed), torch.device('cpu'), args)
-        return dict(onnx_exporter='torch.onnx dynamo', onnx_dynamic=dynamic, onnx_mb=round(os.path.getsize(path) / 2 ** 20, 1),
-                    onnx_max_rel_diff=float(f'{max(differences.values()):.2e}'), onnx_checked=' '.join(differences),
-                    onnx_img_per_sec=timing['img_per_sec'], onnx_latency_ms=timing['latency_ms'])
+        int8_path = deploy.int8_path(path)
+        calibration = [torch.randn(x.shape[0], *x.shape[1:]).numpy() for _ in range(4)]
+        deploy.quantize(path, int8_path, 'static', calibration)
+        result = dict(onnx_exporter='torch.onnx dynamo', onnx_dynamic=dynamic, onnx_mb=round(os.path.getsize(path) / 2 ** 20, 1),
+                      onnx_max_rel_diff=float(f'{max(differences.values()):.2e}'), onnx_checked=' '.join(differences),
+                      onnx_int8_mb=round(os.path.getsize(int8_path) / 2 ** 20, 1), cpu=devices.cpu_name(),
+                      vnni=deploy.cpu_has_vnni())
+        cpu, batch_one = torch.device('cpu'), argparse.Namespace(**dict(vars(args), batch_size=1))
+        for prefix, file in (('onnx', path), ('onnx_int8', int8_path)):
+            session = onnx_session(file, torch.get_num_threads())
+            name = session.get_inputs()[0].name
+            for suffix, inputs, settings in (('', x, args), ('_b1', x[:1], batch_one)):
+                feed = {name: inputs.contiguous().numpy()}
+                timing = time_steps(lambda: session.run(None, feed), cpu, settings)
+                result[f'{prefix}{suffix}_img_per_sec'] = timing['img_per_sec']
+                result[f'{prefix}{suffix}_latency_ms'] = timing['latency_ms']
+    with torch.inference_mode():
+        result['eager_b1_img_per_sec'] = time_steps(lambda: model(x[:1]), cpu, batch_one)['img_per_sec']
+    return result
 
 
 
@@ -231,6 +249,9 @@ def main():
     modes = ['infer', 'train'] if args.bench == 'both' else [args.bench]
     matmul = matmul_gflops(device, devices.amp_dtype(args.amp_dtype) if args.amp else torch.float32)
     print(f'{device}: dense matmul {matmul:.0f} GFLOP/s')
+    if args.onnx:
+        print(f'CPU: {devices.cpu_name()}, AVX-512 VNNI / AVX-VNNI (8-bit dot products): '
+              f'{"yes" if deploy.cpu_has_vnni() else "no"}')
     rows = []
     names = model_names(args.model)
     start = time.time()
@@ -252,6 +273,10 @@ def main():
                 print(f"{'':<44} onnx  {row['onnx_img_per_sec']:>9.2f} img/s  {row['onnx_latency_ms']:>9.1f} ms/batch  "
                       f"{row['onnx_mb']} MB, dynamic {row['onnx_dynamic']}, max relative difference "
                       f"{row['onnx_max_rel_diff']:.1e} ({row['onnx_checked']})", flush=True)
+                print(f"{'':<44} int8  {row['onnx_int8_img_per_sec']:>9.2f} img/s  {row['onnx_int8_latency_ms']:>9.1f} ms/batch  "
+                      f"{row['onnx_int8_mb']} MB, static QDQ calibrated on random inputs (speed only)", flush=True)
+                print(f"{'':<44} batch 1: eager {row['eager_b1_img_per_sec']:.2f}, onnx {row['onnx_b1_img_per_sec']:.2f}, "
+                      f"int8 {row['onnx_int8_b1_img_per_sec']:.2f} img/s", flush=True)
             if 'roofline_pct' in row:
                 print(roofline.describe(row), flush=True)
     if args.results_file:

@@ -1,7 +1,6 @@
 """Export: small models of every kind through torch.onnx (checked in onnxruntime) and torch.export;
 a train.py checkpoint alone says what to export; Focal's index-table caches stay real tensors through every
 tracer and inference_mode."""
-import json
 import sys
 
 import pytest
@@ -96,8 +95,8 @@ def test_train_checkpoint_alone_gives_model_classes_size_and_preprocessing(small
     assert 'expects input 3x32x32, bicubic resize, crop_pct 0.9 (center), mean (0.5, 0.5, 0.5)' in printed
     assert 'input 3x3x32x32' in printed and 'within tolerance' in printed  # trained at 32, not the model's 224
     meta = read_metadata(str(out))  # what a user of the file needs besides the graph
-    assert meta['model'] == 'van_b0' and json.loads(meta['class_names']) == list(TINY_DATA['classes'])
-    assert json.loads(meta['input_size']) == [3, 32, 32] and meta['interpolation'] == 'bicubic'
+    assert meta['model'] == 'van_b0' and meta['class_names'] == list(TINY_DATA['classes'])
+    assert meta['data_config']['input_size'] == [3, 32, 32] and meta['data_config']['interpolation'] == 'bicubic'
 
 
 def test_no_model_anywhere_is_one_line():
@@ -107,8 +106,8 @@ def test_no_model_anywhere_is_one_line():
 
 def test_pt2_carries_the_metadata_too(tmp_path):
     path = str(tmp_path / 'van.pt2')
-    export(small('van_b0'), path, (32, 32), meta={'model': 'van_b0', 'class_names': '["a"]'})
-    assert read_metadata(path) == {'model': 'van_b0', 'class_names': '["a"]'}
+    export(small('van_b0'), path, (32, 32), meta={'model': 'van_b0', 'class_names': ['a']})
+    assert read_metadata(path) == {'model': 'van_b0', 'class_names': ['a']}
 
 
 # ---------------------------------------------------------------------------------------------

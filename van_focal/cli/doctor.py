@@ -22,7 +22,7 @@ import torch  # noqa: E402,I001
 import torch.nn as nn  # noqa: E402
 import timm  # noqa: E402
 
-from .. import models  # noqa: E402,F401  (registers the models)
+from .. import models as _registered  # noqa: E402,F401  (importing it registers the models with timm)
 from ..core.errors import UsageError  # noqa: E402
 from ..core.version import __version__  # noqa: E402
 from ..models import _attention  # noqa: E402

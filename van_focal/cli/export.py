@@ -5,6 +5,8 @@
     van-focal-export --model focal_tiny_patch4_window7_224 --checkpoint focal-tiny.pth --out focal_t.onnx
     van-focal-export --model van_b0 --features --out van_b0_features.onnx
     van-focal-export --model focalv2_tiny_useconv_patch4_window7_224 --out focalv2_t.pt2
+    van-focal-export --model van_b0 --checkpoint RUN/model_best.pth.tar --reparam --out van_b0.onnx \
+        --int8 --calibration-data DATA/train --val-data DATA/val
 
 A checkpoint written by train.py gives the model, its kwargs, the class count and names, the input size
 and the preprocessing, as in validate.py and predict (any flag overrides them). The preprocessing the
@@ -15,6 +17,8 @@ torchscript`), then the file is run in onnxruntime (CPU) and compared with the P
 `.pt2`: `torch.export.export`, saved with `torch.export.save`, loaded back and compared.
 The batch dimension is always dynamic; `--dynamic` also makes height and width dynamic (VAN).
 Focal models take one input size per file: their key-index tables are constants of the size.
+A .onnx file carries the model's preprocessing and class names in its metadata (`predict --onnx`);
+`--int8` also writes FILE.int8.onnx, quantized by onnxruntime and checked against float (van_focal.cli.deploy).
 """
 import argparse
 import json
@@ -30,7 +34,9 @@ from timm.utils.onnx import onnx_export
 
 from ..core.errors import UsageError
 from ..train import run_info
+from . import deploy
 from .args import add_model_input_args, check_model_name, given_flags, parse_args, run_main
+from .predict import class_names
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 EXPORTERS = ('dynamo', 'torchscript')
@@ -55,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--opset', type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument('--tolerance', type=float, default=TOLERANCE, help='largest relative difference accepted')
     parser.add_argument('--out', required=True, metavar='FILE', help='FILE.onnx (torch.onnx) or FILE.pt2 (torch.export)')
+    deploy.add_int8_args(parser)
     return parser
 
 
@@ -85,13 +92,11 @@ def create_export_model(args: argparse.Namespace, given: Set[str]) -> Tuple[nn.M
     return (reparameterize_model(model) if args.reparam else model), data_config
 
 
-def metadata(args: argparse.Namespace, data_config: Dict[str, Any]) -> Dict[str, str]:
-    """What a user of the exported file needs besides the graph: the model, its preprocessing, its class names."""
-    config = run_info.plain_data_config(data_config)
-    meta = {'model': args.model, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}}
-    if args.class_names and not args.features:
-        meta['class_names'] = json.dumps(list(args.class_names))
-    return meta
+def metadata(args: argparse.Namespace, data_config: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """What a user of the exported file needs besides the graph: the model, its preprocessing (the exported
+    input size) and its class names as predict names them (none for `--features`)."""
+    names = None if args.features else class_names(model, args.class_names)
+    return dict(model=args.model, data_config=run_info.plain_data_config(data_config), class_names=names)
 
 
 def takes_any_size(model: nn.Module) -> bool:
@@ -182,23 +187,19 @@ def export(model: nn.Module, path: str, size: Sequence[int], dynamic: bool = Fal
     elif path.endswith('.onnx'):
         export_onnx(model, path, size, dynamic, exporter, opset)
         if meta:
-            import onnx
-            onnx_model = onnx.load(path)
-            onnx.helper.set_model_props(onnx_model, meta)
-            onnx.save(onnx_model, path)
+            deploy.write_metadata(path, meta)
     else:
         raise UsageError(f'--out {path}: name it FILE.onnx (ONNX) or FILE.pt2 (torch.export).')
     return verify(model, path, size, dynamic)
 
 
-def read_metadata(path: str) -> Dict[str, str]:
+def read_metadata(path: str) -> Dict[str, Any]:
     """The `meta` that `export` stored in an .onnx or .pt2 file."""
     if path.endswith('.pt2'):
         extra = {PT2_METADATA: ''}
         torch.export.load(path, extra_files=extra)
         return json.loads(extra[PT2_METADATA] or '{}')
-    import onnx
-    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    return deploy.read_metadata(path)
 
 
 def describe_input(data_config: Dict[str, Any]) -> str:
@@ -212,9 +213,11 @@ def describe_input(data_config: Dict[str, Any]) -> str:
 def main(argv: List[str] = None) -> None:
     parser = build_parser()
     args = parse_args(parser, argv)
+    deploy.check_int8_args(args)
     model, data_config = create_export_model(args, given_flags(parser, argv))
     size = data_config['input_size']
-    differences = export(model, args.out, size, args.dynamic, args.exporter, args.opset, metadata(args, data_config))
+    meta = metadata(args, data_config, model)
+    differences = export(model, args.out, size, args.dynamic, args.exporter, args.opset, meta)
     how = 'torch.export' if args.out.endswith('.pt2') else f'torch.onnx ({args.exporter})'
     source = f' from {args.checkpoint}' if args.checkpoint else ' (pretrained)' if args.pretrained else ' (random weights)'
     classes = f', {len(args.class_names)} named classes' if args.class_names and not args.features else ''
@@ -228,6 +231,8 @@ def main(argv: List[str] = None) -> None:
     print(f'largest difference {worst:.2e} ({"within" if worst <= args.tolerance else "ABOVE"} tolerance {args.tolerance:g})')
     if worst > args.tolerance:
         sys.exit(1)
+    if args.int8:
+        print('\n'.join(deploy.describe(*deploy.export_int8(args.out, meta, args))))
 
 
 def run() -> None:

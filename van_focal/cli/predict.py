@@ -5,7 +5,9 @@
 
 Inputs are image files or folders (searched recursively). A checkpoint written by train.py gives
 the model, input size, preprocessing and class names; a 1000-class model gets timm's ImageNet-1k
-class names; `--class-map FILE` (one name a line, in index order) overrides either. Results are a
+class names; `--class-map FILE` (one name a line, in index order) overrides either. An exported
+FILE.onnx (`--onnx FILE.onnx`, or `--checkpoint FILE.onnx`) runs in onnxruntime on the CPU with the
+preprocessing and class names its metadata carries (van-focal-export writes them). Results are a
 table on stdout, or `--results-file` as CSV or JSON.
 """
 import argparse
@@ -35,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='+', metavar='IMAGE_OR_FOLDER')
     parser.add_argument('--model', '-m', default=None, help="default: the checkpoint's")
     parser.add_argument('--pretrained', action='store_true')
-    parser.add_argument('--checkpoint', default='', metavar='PATH')
+    parser.add_argument('--checkpoint', default='', metavar='PATH', help='train.py checkpoint, weights, or FILE.onnx')
+    parser.add_argument('--onnx', default='', metavar='FILE.onnx',
+                        help='run this exported file in onnxruntime (CPU), with the preprocessing and class names it carries')
     parser.add_argument('--use-ema', action='store_true', help="prefer the checkpoint's EMA weights")
     add_model_input_args(parser)
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
@@ -161,6 +165,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     parser = build_parser()
     args = parse_args(parser, argv)
+    if args.onnx or args.checkpoint.endswith('.onnx'):  # onnxruntime, as the file's metadata says
+        from .deploy import predict_onnx
+        return predict_onnx(args, given_flags(parser, argv))
     if not (args.checkpoint or args.pretrained):
         raise UsageError('no weights to predict with: pass --checkpoint FILE or --model NAME --pretrained.')
     saved = run_info.settings_from_checkpoint(args, given_flags(parser, argv))
