@@ -25,12 +25,13 @@ import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
+from timm.layers import ClassifierHead, DropPath, calculate_drop_path_rates
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._focal_ops import RoutedLinear, WindowPool, gather_qkv, pad_to_windows, window_attention, windows_to_map
-from ._focal_tables import focal_v1_tables, focal_v2_tables, relative_position_index
+from ._focal_ops import (Mlp, RoutedLinear, WindowPool, focal_window_attention, merged_neighbourhood_bias, pad_to_windows,
+                         windows_to_map)
+from ._focal_tables import focal_v1_tables, focal_v2_tables, neighbourhood_merge_plan, relative_position_index
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict
 from .focal_resize import fit_to_windows
 
@@ -83,11 +84,15 @@ class FocalAttention(nn.Module):
         self.register_buffer('pooled_bias_index', relative_position_index(ws, focal_window), persistent=False)
 
     def _position_bias(self) -> torch.Tensor:
-        """(heads, ws*ws, L) relative-position bias of a window's queries to its keys."""
+        """(heads, ws*ws, S) relative-position bias of a window's queries to its keys: the cells of its
+        (ws + 2*expand)^2 neighbourhood (own window and ring, a token the official ring selects twice
+        merged into one cell), then its focal_window^2 pooled windows."""
         area = self.ws * self.ws
-        parts = [self.relative_position_bias_table[self.window_bias_index.view(-1)].view(area, area, -1).permute(2, 0, 1)]
+        own = self.relative_position_bias_table[self.window_bias_index.view(-1)].view(area, area, -1).permute(2, 0, 1)
+        ring = None
         if self.relative_position_bias_table_to_neighbors is not None:
-            parts.append(self.relative_position_bias_table_to_neighbors[0])
+            ring = self.relative_position_bias_table_to_neighbors[0]
+        parts = [merged_neighbourhood_bias(own, ring, neighbourhood_merge_plan(self.ws, self.expand, own.device))]
         for table in self.relative_position_bias_table_to_windows:
             parts.append(table[:, self.pooled_bias_index.view(-1)].view(self.num_heads, area, -1))
         return torch.cat(parts, -1)
@@ -103,10 +108,8 @@ class FocalAttention(nn.Module):
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C), x.new_zeros(B, 1, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
         index, pad_mask = focal_v1_tables(H, W, ws, self.expand, self.focal_window, x.device)
-        q, k, v = gather_qkv(qkv, index, H, W, ws)
-        bias = self._position_bias().unsqueeze(1) + pad_mask[None, :, None, :]  # (heads, nW, L, S)
-
-        out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
+        out = focal_window_attention(qkv, index, self._position_bias(), pad_mask, H, W, ws, self.scale,
+                                     self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(windows_to_map(out, nwh, nww, ws)))
 
 
@@ -150,14 +153,13 @@ class FocalFastAttention(nn.Module):
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
         index, unique0, inverse0, unique1, inverse1 = focal_v2_tables(H, W, ws, self.topk, x.device)
-        q, k, v = gather_qkv(qkv, index, H, W, ws)
         biases = []
         for mlp, (unique, inverse) in zip(self.coord2rpb_all, ((unique0, inverse0), (unique1, inverse1))):
             table = mlp(unique.to(x.dtype))  # (U, heads): the MLP runs once per distinct coordinate
             biases.append(table.t()[:, inverse])  # (heads, nW, ws*ws, K)
         bias = torch.cat(biases, -1)
 
-        out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
+        out = focal_window_attention(qkv, index, bias, None, H, W, ws, self.scale, self.attn_drop if self.training else 0.)
         out = windows_to_map(out, nwh, nww, ws)[:, :H, :W]
         return self.proj_drop(self.proj(out))
 
@@ -194,9 +196,6 @@ class FocalBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
-        for name in ('fc1', 'fc2'):
-            linear = getattr(self.mlp, name)
-            setattr(self.mlp, name, RoutedLinear(linear.in_features, linear.out_features))
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
