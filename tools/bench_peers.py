@@ -39,6 +39,10 @@ PAIRS = {
 }
 
 
+def create(name: str) -> nn.Module:
+    return timm.create_model(name, drop_path_rate=0.)
+
+
 def activation_mib_per_image(model: nn.Module, x: torch.Tensor) -> float:
     model.train()
     target = torch.zeros(x.shape[0], dtype=torch.long)
@@ -61,6 +65,8 @@ def main():
     parser.add_argument('--bench', default='both', choices=['infer', 'train', 'both'])
     parser.add_argument('-b', '--batch-size', type=int, default=8)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--layouts', default='nchw,channels_last',
+                        help='memory layouts each model runs in (the best is compared): nchw, channels_last or both')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
@@ -75,10 +81,12 @@ def main():
     setup = (f'float32, batch {args.batch_size}, 224², {torch.get_num_threads()} threads, interleaved rounds, median of '
              f'{args.repeats}; torch {torch.__version__}, timm {timm.__version__}')
     print(f'{cpu}; {setup}', flush=True)
+    layouts = [(' channels_last', x.contiguous(memory_format=torch.channels_last)) if layout == 'channels_last'
+               else ('', x) for layout in args.layouts.split(',')]
     rows = []
     for name in args.models.split(','):
         peer_name, official_name = PAIRS[name]
-        models = {'ours': timm.create_model(name, drop_path_rate=0.), 'peer': timm.create_model(peer_name, drop_path_rate=0.)}
+        models = {'ours': create(name), 'peer': create(peer_name)}
         official_given = args.official_focal if official_name.startswith('focal') else args.official_van
         if official_given:
             models['official'], models['ours'] = bench_official.build_pair(official_name, args)
@@ -87,7 +95,7 @@ def main():
             steps = {}
             for who, model in models.items():
                 model.train(mode == 'train')
-                for layout, inp in (('', x), (' channels_last', x.contiguous(memory_format=torch.channels_last))):
+                for layout, inp in layouts:
                     make = bench_official.infer_step if mode == 'infer' else bench_official.train_step
                     steps[who + layout] = make(model, inp)
             speed = bench_official.interleaved(steps, args.batch_size, 1, args.repeats)

@@ -235,8 +235,8 @@ def _full_bias(bias: torch.Tensor, mask: Optional[torch.Tensor], heads: int, num
         bias = bias.unsqueeze(1)
     if mask is not None:
         bias = bias + mask[None, :, None, :]
-    bias = bias.expand(heads, num_windows, *bias.shape[2:])
-    return bias.to(dtype).reshape(1, heads * num_windows, *bias.shape[2:])
+    queries, keys = bias.shape[2], bias.shape[3]
+    return bias.expand(heads, num_windows, queries, keys).to(dtype).reshape(1, heads * num_windows, queries, keys)
 
 
 class _WindowAttention(torch.autograd.Function):
@@ -293,10 +293,11 @@ def _window_attention_function(qkv: torch.Tensor, index: torch.Tensor, bias: tor
     return _WindowAttention.apply(qkv, index, bias, mask, height, width, ws, scale)
 
 
+@torch.jit.unused
 def _saving_inputs(qkv: torch.Tensor, bias: torch.Tensor, dropout_p: float) -> bool:
     """Whether `_WindowAttention` serves: eager training without attention dropout, off the NPU (whose fused
     kernel saves only its own statistics, and with autograd's backward)."""
-    if torch.jit.is_scripting() or routes.capturing_graph() or dropout_p > 0 or not torch.is_grad_enabled():
+    if routes.capturing_graph() or dropout_p > 0 or not torch.is_grad_enabled():
         return False
     return (qkv.requires_grad or bias.requires_grad) and devices.fused_attention_op(qkv.device) is None
 
@@ -309,7 +310,7 @@ def focal_window_attention(qkv: torch.Tensor, index: torch.Tensor, bias: torch.T
     tokens the (nW, S) `index` names, a (heads, ws*ws, S) or (heads, nW, ws*ws, S) bias and an optional
     (nW, S) mask. While training (no attention dropout, not on the NPU) through `_WindowAttention`,
     which saves the projection instead of the gathered keys and values."""
-    if _saving_inputs(qkv, bias, dropout_p):
+    if not torch.jit.is_scripting() and _saving_inputs(qkv, bias, dropout_p):
         return _window_attention_function(qkv, index, bias, mask, height, width, ws, scale)
     q, k, v = gather_qkv(qkv, index, height, width, ws)
     heads = qkv.shape[3]

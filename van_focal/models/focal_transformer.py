@@ -6,10 +6,13 @@ Official code and weights: https://github.com/microsoft/Focal-Transformer
 
 Same function as the official code (its checkpoints give its logits), computed differently:
 the official code builds each window's keys by rolling, unfolding and concatenating copies of
-the key/value maps, and fixes them to one input size at build time. Here every window's keys are
-one gather from a table of tokens, with an index computed once per input size and cached; the
-relative-position biases and masks are one additive mask (`_attention`: SDPA or explicit matmuls,
-whichever is measured faster on the CPU).
+the key/value maps, and fixes them to one input size at build time. Here a v1 window attends to the
+(ws + 2*expand)^2 tokens round it (its own window and the official ring, a ring token the official code
+selects twice being one key whose bias is the log-sum-exp of its two) and its pooled windows, gathered
+with an index computed once per input size and cached; the relative-position biases and masks are one
+additive mask (`_attention`: SDPA or explicit matmuls, whichever is measured faster on the CPU). In
+training the attention saves the q/k/v projection for backward, not every window's keys
+(`_focal_ops.focal_window_attention`).
 The input size only has to be known at run time; the structure (window size per stage, which
 stages expand their windows) follows the official rules for `img_size` (default 224).
 
