@@ -207,11 +207,9 @@ def window_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: i
     return _pool_routed(x, weight, bias, ws)
 
 
-# The 'never selected' cells of a window's neighbourhood (only where ws < 2 * expand): weight exactly 0 in
-# float32 (e^-10000 underflows), representable in float16.
-UNSELECTED = -1e4
 
 
+@register_notrace_function
 def merged_neighbourhood_bias(own: torch.Tensor, ring: Optional[torch.Tensor], merge_plan: torch.Tensor) -> torch.Tensor:
     """(heads, A, cells) bias of a window's queries to its neighbourhood cells (`_focal_tables.neighbourhood_cells`)
     from the official biases to its own tokens (heads, A, ws*ws) and to its ring entries (heads, A, R).
@@ -220,11 +218,14 @@ def merged_neighbourhood_bias(own: torch.Tensor, ring: Optional[torch.Tensor], m
     log-sum-exp of the two: e^(s+b1) + e^(s+b2) = e^(s + log(e^b1 + e^b2)), the same softmax and output,
     and the gradients of b1 and b2 (the softmax of the two) are the official ones.
     """
-    parts = [own] if ring is None else [own, ring]
-    entries = torch.cat(parts + [own.new_full(own.shape[:-1] + (1,), UNSELECTED)], -1)
+    # the 'never selected' entry (cells only where ws < 2*expand): -1e4, a weight of exactly 0 in float32
+    # (e^-10000 underflows), and representable in float16
+    unselected = torch.full_like(own[:, :, :1], -1e4)
+    entries = torch.cat([own, unselected] if ring is None else [own, ring, unselected], -1)
     if merge_plan.shape[1] == 1:
-        return entries[..., merge_plan[:, 0]]
-    return entries[..., merge_plan.view(-1)].view(own.shape[:-1] + merge_plan.shape).logsumexp(-1)
+        return entries[:, :, merge_plan[:, 0]]
+    merged = entries[:, :, merge_plan.view(-1)]
+    return merged.view(own.shape[0], own.shape[1], merge_plan.shape[0], merge_plan.shape[1]).logsumexp(-1)
 
 
 def _full_bias(bias: torch.Tensor, mask: Optional[torch.Tensor], heads: int, num_windows: int,
