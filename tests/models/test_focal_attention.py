@@ -94,7 +94,7 @@ def test_gradients_match_the_plain_path(name, size, monkeypatch):
     assert relative_error(out, plain_out) <= 1e-5
     for n, g in plain.items():
         assert relative_error(ours[n], g) <= 2e-5, n
-    assert saved < 0.8 * plain_saved
+    assert saved < 0.9 * plain_saved  # tiny models: the per-batch biases weigh more than at full size
 
 
 def test_attention_dropout_takes_the_plain_path():
