@@ -357,8 +357,8 @@ def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 
 class Mlp(timm.layers.Mlp):
-    """timm's Mlp (same parameters and keys) with `RoutedLinear` layers, and in training GELU and fc2 as
-    `gelu_linear`, which saves fc1's output only (not also the GELU's)."""
+    """timm's Mlp (same parameters and keys) with `RoutedLinear` layers, and in training (exact GELU, no dropout
+    between) GELU and fc2 as `gelu_linear`, which saves fc1's output only (not also the GELU's)."""
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.):
         super().__init__(in_features, hidden_features, drop=drop)
@@ -367,6 +367,7 @@ class Mlp(timm.layers.Mlp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
-        if self.training and self.drop1.p > 0:
+        exact_gelu = isinstance(self.act, nn.GELU) and self.act.approximate == 'none'
+        if not exact_gelu or (self.training and self.drop1.p > 0):
             return self.drop2(self.fc2(self.drop1(self.act(x))))
         return self.drop2(gelu_linear(x, self.fc2.weight, self.fc2.bias))
