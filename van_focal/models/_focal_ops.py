@@ -360,8 +360,8 @@ class Mlp(timm.layers.Mlp):
     """timm's Mlp (same parameters and keys) with `RoutedLinear` layers, and in training (exact GELU, no dropout
     between) GELU and fc2 as `gelu_linear`, which saves fc1's output only (not also the GELU's)."""
 
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.):
-        super().__init__(in_features, hidden_features, drop=drop)
+    def __init__(self, in_features: int, hidden_features: int, act_layer=nn.GELU, drop: float = 0.):
+        super().__init__(in_features, hidden_features, act_layer=act_layer, drop=drop)
         self.fc1 = RoutedLinear(in_features, hidden_features)
         self.fc2 = RoutedLinear(hidden_features, in_features)
 
