@@ -93,7 +93,7 @@ def test_gradients_match_the_plain_path(name, size, monkeypatch):
         plain_out, plain, plain_saved = grads()
     assert relative_error(out, plain_out) <= 1e-5
     for n, g in plain.items():
-        assert relative_error(ours[n], g) <= 2e-5, n
+        assert relative_error(ours[n], g) <= 1e-4, n  # float32 sums in another order
     assert saved < 0.9 * plain_saved  # tiny models: the per-batch biases weigh more than at full size
 
 
