@@ -11,7 +11,9 @@ For each model: parameters, GMACs per image (torch.utils.flop_counter), and per 
 img/s and batch latency over --repeats timed runs of --iters steps each, after --warmup steps, the
 achieved GFLOP/s (training counted as 3x the forward) against the device's dense matmul rate,
 the routes the CPU's measurement picked (van_focal.models._routes), and the peak memory (the allocator's
-peak on an accelerator; the process's peak resident memory on the CPU). Each model is measured in a fresh process, so that its peak memory is its own whatever
+peak on an accelerator; the process's peak resident memory on the CPU), and for training the activation
+memory, `activation_mib_per_image`: the bytes autograd saves for backward per image (distinct storages,
+parameters excluded), the same on every device. Each model is measured in a fresh process, so that its peak memory is its own whatever
 ran before it (freed memory that the allocator keeps would otherwise count for the next model).
 With --onnx, inference is also exported to ONNX as `python -m van_focal.export` does and timed in
 onnxruntime (CPU) on the same input, float and INT8 (static QDQ as its `--int8` makes it, calibrated on
@@ -38,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import van_focal  # noqa: F401  (registers the models)
 from van_focal.core import device as devices
+from van_focal.core.saved_memory import saved_for_backward
 from van_focal.cli import roofline
 from van_focal.models import _routes as routes
 from van_focal.core.errors import UsageError
@@ -132,6 +135,16 @@ def peak_memory_mb(device: torch.device) -> Optional[float]:
     return None if peak is None else round(peak / 2 ** 20, 1)
 
 
+def activation_mib_per_image(model: nn.Module, x: torch.Tensor, loss: Callable[[], torch.Tensor], autocast) -> float:
+    """MiB autograd saves for the backward of one training step, per image (distinct storages, parameters
+    excluded: `van_focal.core.saved_memory`); device-independent, unlike the allocator's peak."""
+    with autocast():
+        out, saved = saved_for_backward(loss, model.parameters())
+    out.backward()
+    model.zero_grad(set_to_none=True)
+    return round(saved / x.shape[0] / 2 ** 20, 1)
+
+
 def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, Any]:
     model = timm.create_model(name, num_classes=args.num_classes).to(device)
     result = dict(model=name, bench=mode, device=str(device), batch_size=args.batch_size, img_size=args.img_size,
@@ -173,6 +186,8 @@ def bench_model(name: str, mode: str, device: torch.device, args) -> Dict[str, A
     result['routes'] = routes.describe_chosen()
     result['gflops_per_sec'] = round(result['img_per_sec'] * result['gmacs'] * 2 * (3 if mode == 'train' else 1), 1)
     result['peak_memory_mb'] = peak_memory_mb(device)  # before the ONNX export and session add their own
+    if mode == 'train' and not args.torchcompile:
+        result['activation_mib_per_image'] = activation_mib_per_image(model, x, lambda: loss_fn(model(x), target), autocast)
     if args.roofline:
         _logger.info(f'  {name} {mode}: --roofline: timing its kernels alone')
         result.update(roofline.measure(step, device, result['latency_ms'] / 1e3, args.warmup, args.repeats))
@@ -267,6 +282,8 @@ def main():
             print(f"{name:<44} {mode:<5} {row['img_per_sec']:>9.2f} img/s  {row['latency_ms']:>9.1f} ms/batch  "
                   f"{row['param_count'] / 1e6:>6.2f} M params  {row['gmacs']:>6.2f} GMACs  "
                   f"{row['gflops_per_sec']:>8.1f} GFLOP/s ({100 * row['gflops_per_sec'] / matmul:.0f} % of matmul)  peak {row['peak_memory_mb']} MB", flush=True)
+            if 'activation_mib_per_image' in row:
+                print(f"{'':<44} saved for backward {row['activation_mib_per_image']} MiB/image", flush=True)
             if row['routes']:
                 print(f"{'':<44} routes picked: {row['routes']}", flush=True)
             if 'onnx_img_per_sec' in row:

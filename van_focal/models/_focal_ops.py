@@ -11,10 +11,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import timm.layers
 from torch.autograd.function import once_differentiable
 
 from timm.models._features_fx import register_notrace_function
 
+from ..core import device as devices
 from . import _routes as routes
 from ._attention import attention_with_bias
 
@@ -128,18 +130,6 @@ def gather_qkv(qkv: torch.Tensor, index: torch.Tensor, height: int, width: int,
     return _gather_qkv_function(qkv, index, height, width, ws)
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float,
-                     scale: float) -> torch.Tensor:
-    """Attention of every window's queries (B, heads*nW, L, D) to its keys and values (B, heads*nW, S, D)
-    with an additive bias (heads, nW, L, S), as one 4-D attention call (`attention_with_bias`).
-
-    Heads and windows share the 'heads' axis, so the bias broadcasts over the batch without a copy,
-    and SDPA can use its fused kernels (with 5-D inputs it falls back to the unfused math path).
-    """
-    mask = bias.to(q.dtype).reshape(1, q.shape[1], q.shape[2], -1)
-    return attention_with_bias(q, k, v, mask, dropout_p, scale)
-
-
 @torch.jit.unused
 def _linear_as_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear as a 1x1 conv (oneDNN on the CPU, bias fused) of the tokens viewed as a channels-last column."""
@@ -215,3 +205,169 @@ def window_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ws: i
     if routes.plain_op(x):
         return _pool_einsum(x, weight, bias, ws)
     return _pool_routed(x, weight, bias, ws)
+
+
+
+
+@register_notrace_function
+def merged_neighbourhood_bias(own: torch.Tensor, ring: Optional[torch.Tensor], merge_plan: torch.Tensor) -> torch.Tensor:
+    """(heads, A, cells) bias of a window's queries to its neighbourhood cells (`_focal_tables.neighbourhood_cells`)
+    from the official biases to its own tokens (heads, A, ws*ws) and to its ring entries (heads, A, R).
+
+    A token the official code selects twice (two corners' rings overlap) is one cell whose bias is the
+    log-sum-exp of the two: e^(s+b1) + e^(s+b2) = e^(s + log(e^b1 + e^b2)), the same softmax and output,
+    and the gradients of b1 and b2 (the softmax of the two) are the official ones.
+    """
+    # the 'never selected' entry (cells only where ws < 2*expand): -1e4, a weight of exactly 0 in float32
+    # (e^-10000 underflows), and representable in float16
+    unselected = torch.full_like(own[:, :, :1], -1e4)
+    entries = torch.cat([own, unselected] if ring is None else [own, ring, unselected], -1)
+    if merge_plan.shape[1] == 1:
+        return entries[:, :, merge_plan[:, 0]]
+    merged = entries[:, :, merge_plan.view(-1)]
+    return merged.view(own.shape[0], own.shape[1], merge_plan.shape[0], merge_plan.shape[1]).logsumexp(-1)
+
+
+def _full_bias(bias: torch.Tensor, mask: Optional[torch.Tensor], heads: int, num_windows: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """(1, heads*nW, A, S) additive attention bias from a (heads, A, S) or (heads, nW, A, S) bias and an
+    optional (nW, S) mask."""
+    if bias.dim() == 3:
+        bias = bias.unsqueeze(1)
+    if mask is not None:
+        bias = bias + mask[None, :, None, :]
+    queries, keys = bias.shape[2], bias.shape[3]
+    return bias.expand(heads, num_windows, queries, keys).to(dtype).reshape(1, heads * num_windows, queries, keys)
+
+
+class _WindowAttention(torch.autograd.Function):
+    """`focal_window_attention` for training, saving for backward only its inputs: the q/k/v projection
+    of the tokens (the keys of every window are re-gathered in backward) and the bias, not the gathered
+    keys and values (about 4.5x the projection's keys) nor the attention probabilities. Backward
+    recomputes the probabilities (one matmul and a softmax) and sums the gradients of the keys and
+    values into the projection's slots (`_gather_qkv_grad`). Plain torch ops: any device."""
+
+    @staticmethod
+    def forward(ctx, qkv, index, bias, mask, height, width, ws, scale):
+        q, k, v = _gather_qkv_plain(qkv, index, height, width, ws)
+        heads = qkv.shape[3]
+        out = attention_with_bias(q, k, v, _full_bias(bias, mask, heads, q.shape[1] // heads, q.dtype), 0., scale)
+        ctx.save_for_backward(qkv, index, bias, mask)
+        ctx.args = (height, width, ws, scale)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        qkv, index, bias, mask = ctx.saved_tensors
+        height, width, ws, scale = ctx.args
+        q, k, v = _gather_qkv_plain(qkv, index, height, width, ws)
+        B, heads = qkv.shape[0], qkv.shape[3]
+        num_windows = q.shape[1] // heads
+        q = q * scale
+        probs = torch.matmul(q, k.transpose(-2, -1)).add_(_full_bias(bias, mask, heads, num_windows, q.dtype))
+        probs = probs.softmax(-1)
+        grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
+        grad_scores = torch._softmax_backward_data(torch.matmul(grad_out, v.transpose(-2, -1)), probs, -1, probs.dtype)
+        del probs
+        grad_q = torch.matmul(grad_scores, k).mul_(scale)
+        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q)
+        grad_bias = None
+        if ctx.needs_input_grad[2]:
+            per_window = grad_scores.view(B, heads, num_windows, *grad_scores.shape[2:]).sum(0)
+            grad_bias = (per_window.sum(1) if bias.dim() == 3 else per_window).to(bias.dtype)
+        del grad_scores
+        args = (qkv.shape, grad_q, grad_k, grad_v, index, height, width, ws)
+        if routes.plain_op(qkv):
+            grad = _gather_qkv_grad(*args, through_buffer=True)
+        else:
+            grad = routes.run('gather_kv_grad', routes.key_of(grad_q, grad_k, index, shape=tuple(qkv.shape)), {
+                'buffer': lambda: _gather_qkv_grad(*args, through_buffer=True),
+                'in_place': lambda: _gather_qkv_grad(*args, through_buffer=False),
+            }, grad_q.device)
+        return grad, None, grad_bias, None, None, None, None, None
+
+
+@torch.jit.unused
+def _window_attention_function(qkv: torch.Tensor, index: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor],
+                               height: int, width: int, ws: int, scale: float) -> torch.Tensor:
+    return _WindowAttention.apply(qkv, index, bias, mask, height, width, ws, scale)
+
+
+@torch.jit.unused
+def _saving_inputs(qkv: torch.Tensor, bias: torch.Tensor, dropout_p: float) -> bool:
+    """Whether `_WindowAttention` serves: eager training without attention dropout, off the NPU (whose fused
+    kernel saves only its own statistics, and with autograd's backward)."""
+    if routes.capturing_graph() or dropout_p > 0 or not torch.is_grad_enabled():
+        return False
+    return (qkv.requires_grad or bias.requires_grad) and devices.fused_attention_op(qkv.device) is None
+
+
+@register_notrace_function
+def focal_window_attention(qkv: torch.Tensor, index: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor],
+                           height: int, width: int, ws: int, scale: float, dropout_p: float) -> torch.Tensor:
+    """softmax(scale * q k^T + bias + mask) v of every window (B, heads*nW, ws*ws, head_dim): its queries from
+    the first height*width tokens of the (B, N, 3, heads, head_dim) projection, its keys and values the
+    tokens the (nW, S) `index` names, a (heads, ws*ws, S) or (heads, nW, ws*ws, S) bias and an optional
+    (nW, S) mask. While training (no attention dropout, not on the NPU) through `_WindowAttention`,
+    which saves the projection instead of the gathered keys and values."""
+    if not torch.jit.is_scripting() and _saving_inputs(qkv, bias, dropout_p):
+        return _window_attention_function(qkv, index, bias, mask, height, width, ws, scale)
+    q, k, v = gather_qkv(qkv, index, height, width, ws)
+    heads = qkv.shape[3]
+    return attention_with_bias(q, k, v, _full_bias(bias, mask, heads, q.shape[1] // heads, q.dtype), dropout_p, scale)
+
+
+class _GeluLinear(torch.autograd.Function):
+    """F.linear(F.gelu(h), weight, bias) saving h, not gelu(h): backward recomputes the GELU (one
+    element-wise pass) where autograd would keep both the GELU's input and its output."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return routed_linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        h, weight = ctx.saved_tensors
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_weight = grad_bias = grad_h = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_y.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_y.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.gelu_backward(grad_y.mm(weight).view(h.shape), h)
+        return grad_h, grad_weight, grad_bias
+
+
+@torch.jit.unused
+def _gelu_linear_function(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return _GeluLinear.apply(h, weight, bias)
+
+
+@register_notrace_function
+def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear(F.gelu(h), weight, bias); in eager training through `_GeluLinear`, which saves h only."""
+    if torch.jit.is_scripting() or routes.capturing_graph() or not torch.is_grad_enabled():
+        return routed_linear(F.gelu(h), weight, bias)
+    return _gelu_linear_function(h, weight, bias)
+
+
+class Mlp(timm.layers.Mlp):
+    """timm's Mlp (same parameters and keys) with `RoutedLinear` layers, and in training (exact GELU, no dropout
+    between) GELU and fc2 as `gelu_linear`, which saves fc1's output only (not also the GELU's)."""
+
+    def __init__(self, in_features: int, hidden_features: int, act_layer=nn.GELU, drop: float = 0.):
+        super().__init__(in_features, hidden_features, act_layer=act_layer, drop=drop)
+        self.fc1 = RoutedLinear(in_features, hidden_features)
+        self.fc2 = RoutedLinear(hidden_features, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        exact_gelu = isinstance(self.act, nn.GELU) and self.act.approximate == 'none'
+        if not exact_gelu or (self.training and self.drop1.p > 0):
+            return self.drop2(self.fc2(self.drop1(self.act(x))))
+        return self.drop2(gelu_linear(x, self.fc2.weight, self.fc2.bias))

@@ -52,6 +52,39 @@ def relative_position_index(q_size: int, k_size: int) -> torch.Tensor:
     return rel[0] * (q_size + k_size - 1) + rel[1]
 
 
+@lru_cache(maxsize=None)
+def neighbourhood_cells(ws: int, expand: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where the official keys of a window lie in its (ws + 2*expand)^2 neighbourhood (flat cell indices;
+    the neighbourhood wraps round the map's borders as the official rolls do): its own ws*ws tokens, then
+    the ring tokens in the official order, four corner selections of `_rolled_neighbour_index`, where
+    some cells appear twice (ws=7, expand=3: 132 ring entries on 120 cells). Independent of the input size."""
+    n = ws + 2 * expand
+    a, b = torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing='ij')
+    own = ((a + expand) * n + b + expand).flatten()
+    if expand == 0:
+        return own, own[:0]
+    ring = []
+    for dy, dx in ((-expand, -expand), (-expand, expand), (expand, -expand), (expand, expand)):
+        keep = torch.ones(ws, ws, dtype=torch.bool)
+        keep[slice(None, -expand) if dy < 0 else slice(expand, None),
+             slice(None, -expand) if dx < 0 else slice(expand, None)] = False
+        ring.append(((a - dy + expand) * n + b - dx + expand)[keep])  # the token rolled to (a, b)
+    return own, torch.cat(ring)
+
+
+@lru_cache(maxsize=None)
+def _neighbourhood_merge_plan(ws: int, expand: int, device: str) -> torch.Tensor:
+    """(cells, m): the entries of [own window, ring, one 'never selected' entry] that each neighbourhood
+    cell stands for, padded with the last entry (m: the most entries of one cell; 2 for ws=7, expand=3)."""
+    own, ring = neighbourhood_cells(ws, expand)
+    cells = torch.cat([own, ring]).tolist()
+    entries = [[] for _ in range((ws + 2 * expand) ** 2)]
+    for entry, cell in enumerate(cells):
+        entries[cell].append(entry)
+    m = max(len(e) for e in entries)
+    return torch.tensor([e + [len(cells)] * (m - len(e)) for e in entries]).to(device)
+
+
 @lru_cache(maxsize=64)
 def _bias_index(ws: int, focal_window: int, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
     return (relative_position_index(ws, ws).view(-1).to(device),
@@ -62,12 +95,15 @@ def _bias_index(ws: int, focal_window: int, device: str) -> Tuple[torch.Tensor, 
 def _focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window: int,
                      device: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """Key index (num_windows, L) into [fine tokens, pooled tokens, one zero-padding token] and the
-    additive mask (num_windows, L) of the padded pooled positions, for a padded (height, width) map."""
+    additive mask (num_windows, L) of the padded pooled positions, for a padded (height, width) map:
+    each window's (ws + 2*expand)^2 neighbourhood of fine tokens (wrapping round the borders, see
+    `neighbourhood_cells`), then its focal_window^2 pooled windows."""
     nwh, nww = height // ws, width // ws
     fine_tokens, pooled_tokens = height * width, nwh * nww
-    parts = [_window_partition_index(height, width, ws)]
-    if expand > 0:
-        parts.append(_rolled_neighbour_index(height, width, ws, expand))
+    n = ws + 2 * expand
+    rows = (torch.arange(nwh)[:, None] * ws + torch.arange(n) - expand) % height
+    cols = (torch.arange(nww)[:, None] * ws + torch.arange(n) - expand) % width
+    neighbourhood = (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(nwh * nww, n * n)
     # focal_window x focal_window pooled windows centred on each window, zero-padded at the borders
     r = focal_window // 2
     wy, wx = torch.meshgrid(torch.arange(nwh), torch.arange(nww), indexing='ij')
@@ -75,8 +111,7 @@ def _focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window
     py, px = wy.reshape(-1, 1) + oy.reshape(1, -1), wx.reshape(-1, 1) + ox.reshape(1, -1)
     valid = (py >= 0) & (py < nwh) & (px >= 0) & (px < nww)
     pooled = torch.where(valid, fine_tokens + py * nww + px, fine_tokens + pooled_tokens)
-    parts.append(pooled)
-    index = torch.cat(parts, 1)
+    index = torch.cat([neighbourhood, pooled], 1)
     mask = torch.zeros(index.shape)
     mask[:, -pooled.shape[1]:] = torch.where(valid, 0.0, MASK_VALUE)
     return index.to(device), mask.to(device)
@@ -181,3 +216,11 @@ def focal_v1_bias_index(ws: int, focal_window: int, device: torch.device) -> Tup
     the window's own ((2*ws - 1)**2) table, ws*ws * focal_window**2 into the pooled windows' one."""
     with _real_tensors():
         return _bias_index(ws, focal_window, str(device))
+
+
+@register_notrace_function
+@torch.jit.ignore
+@torch.compiler.assume_constant_result  # torch.compile: no graph break, tables as constants
+def neighbourhood_merge_plan(ws: int, expand: int, device: torch.device) -> torch.Tensor:
+    with _real_tensors():
+        return _neighbourhood_merge_plan(ws, expand, str(device))

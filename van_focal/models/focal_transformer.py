@@ -6,10 +6,13 @@ Official code and weights: https://github.com/microsoft/Focal-Transformer
 
 Same function as the official code (its checkpoints give its logits), computed differently:
 the official code builds each window's keys by rolling, unfolding and concatenating copies of
-the key/value maps, and fixes them to one input size at build time. Here every window's keys are
-one gather from a table of tokens, with an index computed once per input size and cached; the
-relative-position biases and masks are one additive mask (`_attention`: SDPA or explicit matmuls,
-whichever is measured faster on the CPU).
+the key/value maps, and fixes them to one input size at build time. Here a v1 window attends to the
+(ws + 2*expand)^2 tokens round it (its own window and the official ring, a ring token the official code
+selects twice being one key whose bias is the log-sum-exp of its two) and its pooled windows, gathered
+with an index computed once per input size and cached; the relative-position biases and masks are one
+additive mask (`_attention`: SDPA or explicit matmuls, whichever is measured faster on the CPU). In
+training the attention saves the q/k/v projection for backward, not every window's keys
+(`_focal_ops.focal_window_attention`).
 The input size only has to be known at run time; the structure (window size per stage, which
 stages expand their windows) follows the official rules for `img_size` (default 224).
 
@@ -30,12 +33,14 @@ import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, get_act_layer
+from timm.layers import ClassifierHead, DropPath, calculate_drop_path_rates, get_act_layer
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._focal_ops import RoutedLinear, WindowPool, gather_qkv, pad_to_windows, window_attention, windows_to_map
-from ._focal_tables import focal_v1_bias_index, focal_v1_tables, focal_v2_tables, focal_v2_tables_from_index
+from ._focal_ops import (Mlp, RoutedLinear, WindowPool, focal_window_attention, merged_neighbourhood_bias, pad_to_windows,
+                         windows_to_map)
+from ._focal_tables import (focal_v1_bias_index, focal_v1_tables, focal_v2_tables, focal_v2_tables_from_index,
+                            neighbourhood_merge_plan)
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from .focal_resize import fit_to_windows
 
@@ -86,13 +91,17 @@ class FocalAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table_to_windows[0], std=.02)
 
     def _position_bias(self) -> torch.Tensor:
-        """(heads, ws*ws, L) relative-position bias of a window's queries to its keys."""
+        """(heads, ws*ws, S) relative-position bias of a window's queries to its keys: the cells of its
+        (ws + 2*expand)^2 neighbourhood (own window and ring, a token the official ring selects twice
+        merged into one cell), then its focal_window^2 pooled windows."""
         area = self.ws * self.ws
         device = self.relative_position_bias_table.device
         window_index, pooled_index = focal_v1_bias_index(self.ws, self.focal_window, device)
-        parts = [self.relative_position_bias_table[window_index].view(area, area, -1).permute(2, 0, 1)]
+        own = self.relative_position_bias_table[window_index].view(area, area, -1).permute(2, 0, 1)
+        ring = None
         if self.relative_position_bias_table_to_neighbors is not None:
-            parts.append(self.relative_position_bias_table_to_neighbors[0])
+            ring = self.relative_position_bias_table_to_neighbors[0]
+        parts = [merged_neighbourhood_bias(own, ring, neighbourhood_merge_plan(self.ws, self.expand, own.device))]
         for table in self.relative_position_bias_table_to_windows:
             parts.append(table[:, pooled_index].view(self.num_heads, area, -1))
         return torch.cat(parts, -1)
@@ -108,10 +117,8 @@ class FocalAttention(nn.Module):
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C), x.new_zeros(B, 1, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
         index, pad_mask = focal_v1_tables(H, W, ws, self.expand, self.focal_window, x.device)
-        q, k, v = gather_qkv(qkv, index, H, W, ws)
-        bias = self._position_bias().unsqueeze(1) + pad_mask[None, :, None, :]  # (heads, nW, L, S)
-
-        out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
+        out = focal_window_attention(qkv, index, self._position_bias(), pad_mask, H, W, ws, self.scale,
+                                     self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(windows_to_map(out, nwh, nww, ws)))
 
 
@@ -184,14 +191,13 @@ class FocalFastAttention(nn.Module):
         tokens = torch.cat([x.reshape(B, H * W, C), pooled.reshape(B, nwh * nww, C)], 1)
         qkv = self.qkv(tokens).view(B, -1, 3, heads, C // heads)
         index, unique0, inverse0, unique1, inverse1 = self._key_tables(H, W, x.device)
-        q, k, v = gather_qkv(qkv, index, H, W, ws)
         biases = []
         for mlp, (unique, inverse) in zip(self.coord2rpb_all, ((unique0, inverse0), (unique1, inverse1))):
             table = mlp(unique.to(x.dtype))  # (U, heads): the MLP runs once per distinct coordinate
             biases.append(table.t()[:, inverse])  # (heads, nW, ws*ws, K)
         bias = torch.cat(biases, -1)
 
-        out = window_attention(q, k, v, bias, self.attn_drop if self.training else 0., self.scale)
+        out = focal_window_attention(qkv, index, bias, None, H, W, ws, self.scale, self.attn_drop if self.training else 0.)
         out = windows_to_map(out, nwh, nww, ws)[:, :H, :W]
         return self.proj_drop(self.proj(out))
 
@@ -229,9 +235,6 @@ class FocalBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        for name in ('fc1', 'fc2'):
-            linear = getattr(self.mlp, name)
-            setattr(self.mlp, name, RoutedLinear(linear.in_features, linear.out_features))
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
