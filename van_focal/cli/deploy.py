@@ -138,19 +138,14 @@ def predict_setup(path: str, args: argparse.Namespace, given: set) -> Tuple[Onnx
 
 def predict_onnx(args: argparse.Namespace, given: set) -> None:
     """`van-focal-predict --onnx FILE.onnx`: the same rows, table, CSV or JSON as with PyTorch."""
-    from .args import write_results
-    from .predict import image_files, predict, print_table
+    from .predict import classify, image_files
     if args.device not in (None, 'cpu') or args.amp:
         raise UsageError('--onnx runs onnxruntime on the CPU in the precision of the file: drop --device / --amp.')
     path = args.onnx or args.checkpoint
     if not path.endswith('.onnx'):
         raise UsageError(f'--onnx {path}: give an exported FILE.onnx (van-focal-export --out FILE.onnx).')
     model, data_config, names = predict_setup(path, args, given)
-    rows = predict(model, image_files(args.inputs), data_config, names, args.topk, args, torch.device('cpu'))
-    if args.results_file:
-        write_results(args.results_file, rows, args.results_format)
-    else:
-        print_table(rows, args.topk)
+    classify(model, image_files(args.inputs), data_config, names, args, torch.device('cpu'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +185,13 @@ def image_batches(files: List[str], data_config: Dict, mode: str = 'RGB', batch_
     transform = create_transform(**{k: data_config[k] for k in DATA_CONFIG_KEYS})
     dataset = ImageFiles(files, transform, mode)
     for start in range(0, len(files), batch_size):
-        yield torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(files)))]).numpy()
+        batch = []
+        for i in range(start, min(start + batch_size, len(files))):
+            _, image = dataset[i]
+            if not isinstance(image, torch.Tensor):  # calibration and check images must all be readable
+                raise UsageError(f'{files[i]}: not a readable image ({image}); remove it from the folder.')
+            batch.append(image)
+        yield torch.stack(batch).numpy()
 
 
 def folder_labels(files: List[str], names: Optional[List[str]]) -> Optional[np.ndarray]:

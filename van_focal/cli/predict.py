@@ -176,7 +176,13 @@ def main(argv=None):
     device = devices.init_device(args)
     model = run_info.rebuild_model(args, saved).to(device).eval()
     data_config = run_info.data_config_for(args, model, saved)
-    rows, skipped = predict(model, files, data_config, class_names(model, args.class_names), args.topk, args, device)
+    classify(model, files, data_config, class_names(model, args.class_names), args, device)
+
+
+def classify(model, files: List[str], data_config: Dict, names: List[str], args, device: torch.device) -> None:
+    """Classify `files` and print the table, or write --results-file: the same for a PyTorch model and an
+    onnxruntime session (`deploy.predict_onnx`)."""
+    rows, skipped = predict(model, files, data_config, names, args.topk, args, device)
     if skipped and not rows:
         raise UsageError(f'none of the {len(files)} files is a readable image (each is named above).')
     if skipped:
