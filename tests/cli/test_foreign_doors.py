@@ -82,7 +82,7 @@ def test_validate_and_predict_doors(name, ten_classes, monkeypatch):
 
 
 @pytest.mark.parametrize('config, model', [('van_b2_mindspore.yaml', 'van_b2'),
-                                           ('focalv2_small_mindspore.yaml', 'focalv2_small_useconv_patch4_window7_224')])
+                                           ('focalv2_small_useconv_patch4_window7_224_mindspore.yaml', 'focalv2_small_useconv_patch4_window7_224')])
 def test_mindspore_recipes_parse(config, model):
     """The two ports' recipes as train.py configs, building their model with tanh-GELU."""
     from van_focal.cli.args import parse_args

@@ -53,10 +53,10 @@ def _total(calls):
     ('van_b0', {'1x1_conv', 'depthwise_conv', 'dense_conv', 'linear'},
      {'1x1_conv', 'depthwise_conv', 'dense_conv', 'linear',
       '1x1_conv_backward', 'depthwise_conv_backward', 'dense_conv_backward', 'linear_backward'}),
-    # the learned relative-position bias needs a gradient: the CPU's fused attention does not give one, so
-    # training runs the math path, whose bmm are matmuls
+    # training saves the q/k/v projection and runs the fused attention forward; its own backward recomputes
+    # the probabilities as matmuls (no attention backward kernel)
     ('focal_tiny_patch4_window7_224', {'dense_conv', 'linear', 'attention'},
-     {'dense_conv', 'linear', 'dense_conv_backward', 'linear_backward'}),
+     {'dense_conv', 'linear', 'attention', 'dense_conv_backward', 'linear_backward'}),
 ])
 def test_capture_classifies_every_counted_kernel_and_misses_no_flop(name, infer_classes, train_classes):
     infer, train = _steps(name)

@@ -115,7 +115,7 @@ def test_official_buffers_are_recomputed_not_required():
 def test_wrong_architecture_is_one_clear_error():
     path, kwargs, _, _ = golden('focal_v1_cfg')
     model = timm.create_model('focal_tiny_useconv_patch4_window7_224', **_small(kwargs))
-    with pytest.raises(van_focal.CheckpointError, match=r'does not fit FocalTransformer: .*of other shape') as error:
+    with pytest.raises(van_focal.CheckpointError, match=r'does not fit focal_tiny_useconv_patch4_window7_224: .*of other shape') as error:
         van_focal.load_checkpoint(model, path)
     assert len(str(error.value).splitlines()) == 1
 

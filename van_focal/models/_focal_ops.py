@@ -295,18 +295,12 @@ def _window_attention_function(qkv: torch.Tensor, index: torch.Tensor, bias: tor
 
 
 @torch.jit.unused
-def _autocast_on(x: torch.Tensor) -> bool:
-    """Whether autocast is on for x's device (never for meta tensors, which autocast does not know)."""
-    return x.device.type != 'meta' and torch.is_autocast_enabled(x.device.type)
-
-
-@torch.jit.unused
 def _saving_inputs(qkv: torch.Tensor, bias: torch.Tensor, dropout_p: float) -> bool:
     """Whether `_WindowAttention` serves: eager training without attention dropout and without autocast (its
     backward takes one dtype), off the NPU (whose fused kernel saves only its own statistics, and with
     autograd's backward)."""
     if (routes.capturing_graph() or dropout_p > 0 or not torch.is_grad_enabled()
-            or _autocast_on(qkv)):
+            or (qkv.device.type != 'meta' and torch.is_autocast_enabled(qkv.device.type))):
         return False
     return (qkv.requires_grad or bias.requires_grad) and devices.fused_attention_op(qkv.device) is None
 
@@ -353,6 +347,8 @@ class _GeluLinear(torch.autograd.Function):
 
 @torch.jit.unused
 def _gelu_linear_function(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if h.device.type != 'meta' and torch.is_autocast_enabled(h.device.type):  # one dtype in backward: plain path
+        return routed_linear(F.gelu(h), weight, bias)
     return _GeluLinear.apply(h, weight, bias)
 
 
@@ -360,8 +356,7 @@ def _gelu_linear_function(h: torch.Tensor, weight: torch.Tensor, bias: Optional[
 def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """F.linear(F.gelu(h), weight, bias); in eager training without autocast through `_GeluLinear`, which
     saves h only."""
-    if (torch.jit.is_scripting() or routes.capturing_graph() or not torch.is_grad_enabled()
-            or _autocast_on(h)):
+    if torch.jit.is_scripting() or routes.capturing_graph() or not torch.is_grad_enabled():
         return routed_linear(F.gelu(h), weight, bias)
     return _gelu_linear_function(h, weight, bias)
 
