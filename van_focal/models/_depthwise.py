@@ -84,6 +84,32 @@ def _grad_weight_on_subgrids(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     return _onednn_grad(to_subgrids(grad, d), to_subgrids(x, d), weight, 1, which=1)
 
 
+def depthwise_conv_grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, d: int,
+                         needs: Tuple[bool, bool, bool]) -> Tuple[Optional[torch.Tensor], ...]:
+    """(input, weight, bias) gradients of `depthwise_conv(x, weight, bias, d)` for the output gradient `grad`,
+    each only where `needs` says; through the fastest exact route on the CPU, oneDNN's kernels elsewhere.
+    Differentiable ops only: double backward works."""
+    if routes.plain_op(x):
+        return torch.ops.aten.convolution_backward(grad, x, weight, [x.shape[1]], [1, 1],
+                                                   [d * (weight.shape[-1] // 2)] * 2, [d, d], False, [0, 0],
+                                                   x.shape[1], list(needs))
+    key = routes.key_of(x, grad, d=d, k=weight.shape[-1])
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = routes.run('dw_conv_grad_input', key, {
+            'onednn': lambda: _onednn_grad(grad, x, weight, d, which=0),
+            'flipped_forward': lambda: _forward(grad, weight.flip(-1, -2), None, d),
+        }, x.device)
+    if needs[1]:
+        candidates = {'onednn': lambda: _onednn_grad(grad, x, weight, d, which=1)}
+        if d > 1:
+            candidates['interleaved'] = lambda: _grad_weight_on_subgrids(grad, x, weight, d)
+        grad_w = routes.run('dw_conv_grad_weight', key, candidates, x.device)
+    if needs[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
 class _RoutedDepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, d):
@@ -92,24 +118,9 @@ class _RoutedDepthwiseConv(torch.autograd.Function):
         return _forward(x, weight, bias, d)
 
     @staticmethod
-    def backward(ctx, grad):  # differentiable ops only: double backward works
+    def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        d = ctx.d
-        key = routes.key_of(x, grad, d=d, k=weight.shape[-1])
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = routes.run('dw_conv_grad_input', key, {
-                'onednn': lambda: _onednn_grad(grad, x, weight, d, which=0),
-                'flipped_forward': lambda: _forward(grad, weight.flip(-1, -2), None, d),
-            }, x.device)
-        if ctx.needs_input_grad[1]:
-            candidates = {'onednn': lambda: _onednn_grad(grad, x, weight, d, which=1)}
-            if d > 1:
-                candidates['interleaved'] = lambda: _grad_weight_on_subgrids(grad, x, weight, d)
-            grad_w = routes.run('dw_conv_grad_weight', key, candidates, x.device)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None
+        return (*depthwise_conv_grads(grad, x, weight, ctx.d, tuple(ctx.needs_input_grad[:3])), None)
 
 
 @torch.jit.unused

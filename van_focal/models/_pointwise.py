@@ -39,6 +39,13 @@ def _routed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
     return routes.apply('pointwise_conv', ROUTES, x, weight, bias)
 
 
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias)` for a 1x1 weight, through the faster of oneDNN and a GEMM on the CPU."""
+    if routes.plain_op(x):
+        return F.conv2d(x, weight, bias)
+    return _routed(x, weight, bias)
+
+
 @register_notrace_module  # a leaf for torch.fx: its route choice is not traceable
 class PointwiseConv(nn.Conv2d):
     """A 1x1 conv (stride 1, no padding, no groups) through the faster of oneDNN and a GEMM on the CPU."""
@@ -47,6 +54,4 @@ class PointwiseConv(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if routes.plain_op(x):
-            return F.conv2d(x, self.weight, self.bias)
-        return _routed(x, self.weight, self.bias)
+        return pointwise_conv(x, self.weight, self.bias)

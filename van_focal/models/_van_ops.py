@@ -1,0 +1,229 @@
+"""VAN's block in training with a third of the activations saved for backward: the same sums, the cheap
+element-wise results recomputed in backward instead of kept.
+
+Autograd keeps, per block, the inputs of every op that needs them: the GELU's input and output, the gate's
+two factors u and attn and its product u * attn, the layer-scale products' inputs, and in the MLP the 1x1
+conv's output, the depth-wise conv's output and the GELU's output (each `mlp_ratio` times the block's width).
+`van_block_saving_memory` runs the block through three autograd functions that save less:
+
+- `_GeluDepthwise`, LKA's first conv on GELU(p): saves p (kept anyway), not GELU(p).
+- `_GatedProjection`, the end of the attention branch, ls1 * (a + proj_2(GELU(p) * attn)): saves a, p and
+  attn (a and p are kept anyway), not GELU(p), the product, nor the branch output before the layer scale.
+- `_MlpOutput`, the end of the MLP, ls2 * fc2(GELU(dwconv(h))): saves h only; backward recomputes the
+  3x3 depth-wise conv and the GELU.
+
+The layer scale's gradient needs the branch before scaling, y = a + W v + b, which is not saved: with
+M = sum over pixels of g v^T (the 1x1 conv's weight gradient before scaling by ls, a product backward
+computes anyway), sum(g * y) per channel is sum(g * a) + rowsum(W * M) + b * sum(g).
+
+Under autocast each function casts as autocast casts the convs (their inputs to the autocast dtype, the
+residual sums in the wider dtype), with autocast off inside, so forward and backward each see one dtype.
+Graph capture (torch.compile, export, TorchScript), MLP dropout in training and activations other than
+GELU take the plain block, whose backward is autograd's.
+"""
+import contextlib
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from timm.layers import GELU, GELUTanh
+
+from . import _routes as routes
+from ._depthwise import depthwise_conv, depthwise_conv_grads
+from ._pointwise import pointwise_conv
+
+
+def gelu_approximation(act: nn.Module) -> Optional[str]:
+    """'none' or 'tanh' for torch's and timm's GELU modules, None for any other activation."""
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    if isinstance(act, GELUTanh):
+        return 'tanh'
+    if isinstance(act, GELU):
+        return 'none'
+    return None
+
+
+def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    device = x.device.type
+    if device == 'meta' or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _autocast_off(t: torch.Tensor):
+    """A context with autocast off on t's device (where it is on): the functions cast themselves."""
+    device = t.device.type
+    if device == 'meta' or not torch.is_autocast_enabled(device):
+        return contextlib.nullcontext()
+    return torch.autocast(device, enabled=False)
+
+
+def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    return t if t is None or dtype is None or not t.is_floating_point() else t.to(dtype)
+
+
+def _channel(t: torch.Tensor) -> torch.Tensor:
+    return t[:, None, None]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) channels_last -> its (B*H*W, C) view."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def pixel_outer_sum(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(C, K): sum over batch and pixels of g[:, c] * v[:, k], the weight gradient of a 1x1 conv of v."""
+    if routes.layout(g) == routes.layout(v) == 'channels_last':
+        return _rows(g).t().mm(_rows(v))
+    B, C, K = g.shape[0], g.shape[1], v.shape[1]
+    return torch.bmm(g.reshape(B, C, -1), v.reshape(B, K, -1).transpose(1, 2)).sum(0)
+
+
+def _scaled_projection_grads(g: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                             scale: torch.Tensor, needs: Tuple[bool, bool, bool, bool], dtype: Optional[torch.dtype]):
+    """Gradients of r = scale * (conv1x1(v, weight) + bias) for dr = g: (v, weight, bias, the part of scale's
+    gradient that comes through the projection)."""
+    s = g * _channel(scale)
+    grad_v = grad_w = grad_b = grad_scale = None
+    if needs[0]:
+        w_t = weight.flatten(1).t().contiguous()[:, :, None, None]
+        grad_v = pointwise_conv(_cast(s, dtype), _cast(w_t, dtype))
+    if needs[1] or needs[3]:
+        m = pixel_outer_sum(_cast(g, dtype), v).float()
+        if needs[1]:
+            grad_w = (m * scale.float()[:, None]).view_as(weight)
+        if needs[3]:
+            grad_scale = (weight.flatten(1).float() * m).sum(1)
+            if bias is not None:
+                grad_scale = grad_scale + bias.float() * g.float().sum((0, 2, 3))
+    if bias is not None and needs[2]:
+        grad_b = s.sum((0, 2, 3))
+    return grad_v, grad_w, grad_b, grad_scale
+
+
+class _GeluDepthwise(torch.autograd.Function):
+    """depthwise_conv(GELU(p)), saving p: backward recomputes the GELU."""
+
+    @staticmethod
+    def forward(ctx, p, weight, bias, dilation, approximate, dtype):
+        ctx.save_for_backward(p, weight)
+        ctx.setup = dilation, approximate, dtype, bias is not None
+        with _autocast_off(p):
+            return depthwise_conv(_cast(F.gelu(p, approximate=approximate), dtype), _cast(weight, dtype),
+                                  _cast(bias, dtype), dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        p, weight = ctx.saved_tensors
+        dilation, approximate, dtype, has_bias = ctx.setup
+        needs = ctx.needs_input_grad
+        with _autocast_off(p):
+            u = _cast(F.gelu(p, approximate=approximate), dtype)
+            grad_u, grad_w, grad_b = depthwise_conv_grads(
+                _cast(grad, dtype), u, _cast(weight, dtype), dilation, (needs[0], needs[1], has_bias and needs[2]))
+            grad_p = None if grad_u is None else torch.ops.aten.gelu_backward(grad_u.to(p.dtype), p,
+                                                                              approximate=approximate)
+        return grad_p, grad_w, grad_b, None, None, None
+
+
+class _GatedProjection(torch.autograd.Function):
+    """scale * (a + conv1x1(GELU(p) * attn, weight) + bias), saving a, p and attn."""
+
+    @staticmethod
+    def forward(ctx, a, p, attn, weight, bias, scale, approximate, dtype):
+        ctx.save_for_backward(a, p, attn, weight, bias, scale)
+        ctx.setup = approximate, dtype
+        with _autocast_off(a):
+            v = F.gelu(p, approximate=approximate) * attn
+            z = pointwise_conv(_cast(v, dtype), _cast(weight, dtype), _cast(bias, dtype))
+            return (a + z) * _channel(scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        a, p, attn, weight, bias, scale = ctx.saved_tensors
+        approximate, dtype = ctx.setup
+        needs = ctx.needs_input_grad
+        with _autocast_off(a):
+            u = F.gelu(p, approximate=approximate)
+            grad_v, grad_w, grad_b, grad_scale = _scaled_projection_grads(
+                g, _cast(u * attn, dtype), weight, bias, scale, (needs[1] or needs[2], needs[3], needs[4], needs[5]),
+                dtype)
+            grad_a = g * _channel(scale) if needs[0] else None
+            grad_p = grad_attn = None
+            if grad_v is not None:
+                grad_attn = (grad_v * u).to(attn.dtype) if needs[2] else None
+                grad_p = torch.ops.aten.gelu_backward((grad_v * attn).to(p.dtype), p,
+                                                      approximate=approximate) if needs[1] else None
+            if needs[5]:
+                grad_scale = grad_scale + (g * a).sum((0, 2, 3)).float()
+        return grad_a, grad_p, grad_attn, grad_w, grad_b, grad_scale, None, None
+
+
+class _MlpOutput(torch.autograd.Function):
+    """scale * conv1x1(GELU(depthwise_conv(h)), weight) + scale * bias, saving h: backward recomputes the
+    depth-wise conv and the GELU."""
+
+    @staticmethod
+    def forward(ctx, h, dw_weight, dw_bias, dilation, weight, bias, scale, approximate, dtype):
+        ctx.save_for_backward(h, dw_weight, dw_bias, weight, bias, scale)
+        ctx.setup = dilation, approximate, dtype
+        with _autocast_off(h):
+            d = depthwise_conv(_cast(h, dtype), _cast(dw_weight, dtype), _cast(dw_bias, dtype), dilation)
+            z = pointwise_conv(_cast(F.gelu(d, approximate=approximate), dtype), _cast(weight, dtype),
+                               _cast(bias, dtype))
+            return z * _channel(scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        h, dw_weight, dw_bias, weight, bias, scale = ctx.saved_tensors
+        dilation, approximate, dtype = ctx.setup
+        needs = ctx.needs_input_grad
+        with _autocast_off(h):
+            h_c, dw_weight_c = _cast(h, dtype), _cast(dw_weight, dtype)
+            d = depthwise_conv(h_c, dw_weight_c, _cast(dw_bias, dtype), dilation)
+            u = F.gelu(d, approximate=approximate)
+            dw_needs = (needs[0], needs[1], dw_bias is not None and needs[2])
+            grad_u, grad_w, grad_b, grad_scale = _scaled_projection_grads(
+                g, u, weight, bias, scale, (any(dw_needs), needs[4], needs[5], needs[6]), dtype)
+            grad_h = grad_dw_w = grad_dw_b = None
+            if grad_u is not None:
+                grad_d = torch.ops.aten.gelu_backward(grad_u.to(d.dtype), d, approximate=approximate)
+                grad_h, grad_dw_w, grad_dw_b = depthwise_conv_grads(grad_d, h_c, dw_weight_c, dilation, dw_needs)
+        return grad_h, grad_dw_w, grad_dw_b, None, grad_w, grad_b, grad_scale, None, None
+
+
+@torch.jit.unused
+def saves_less(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `van_block_saving_memory` serves: eager, with gradients, a GELU, and no MLP dropout in training."""
+    if routes.capturing_graph() or not torch.is_grad_enabled():
+        return False
+    if gelu_approximation(block.attn.activation) is None or gelu_approximation(block.mlp.act) is None:
+        return False
+    if block.training and block.mlp.drop.p > 0:
+        return False
+    return x.requires_grad or any(p.requires_grad for p in block.parameters())
+
+
+@torch.jit.unused
+def van_block_saving_memory(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`VanBlock.forward` (same parameters, same sums) through the functions above."""
+    attn, lka, mlp = block.attn, block.attn.spatial_gating_unit, block.mlp
+    dtype = _autocast_dtype(x)
+    approximate = gelu_approximation(attn.activation)
+    a = block.norm1(x)
+    p = attn.proj_1(a)
+    attn_map = _GeluDepthwise.apply(p, lka.conv0.weight, lka.conv0.bias, lka.conv0.dilation[0], approximate, dtype)
+    attn_map = lka.conv1(lka.conv_spatial(attn_map))
+    x = x + block.drop_path(_GatedProjection.apply(a, p, attn_map, attn.proj_2.weight, attn.proj_2.bias,
+                                                   block.layer_scale_1, approximate, dtype))
+    h = mlp.fc1(block.norm2(x))
+    return x + block.drop_path(_MlpOutput.apply(h, mlp.dwconv.weight, mlp.dwconv.bias, mlp.dwconv.dilation[0],
+                                                mlp.fc2.weight, mlp.fc2.bias, block.layer_scale_2,
+                                                gelu_approximation(mlp.act), dtype))
