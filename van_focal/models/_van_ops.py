@@ -27,7 +27,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from timm.layers import GELU, GELUTanh
 
@@ -117,7 +116,6 @@ class _GeluDepthwise(torch.autograd.Function):
                                   _cast(bias, dtype), dilation)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         p, weight = ctx.saved_tensors
         dilation, approximate, dtype, has_bias = ctx.setup
@@ -144,7 +142,6 @@ class _GatedProjection(torch.autograd.Function):
             return (a + z) * _channel(scale)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g):
         a, p, attn, weight, bias, scale = ctx.saved_tensors
         approximate, dtype = ctx.setup
@@ -180,7 +177,6 @@ class _MlpOutput(torch.autograd.Function):
             return z * _channel(scale)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g):
         h, dw_weight, dw_bias, weight, bias, scale = ctx.saved_tensors
         dilation, approximate, dtype = ctx.setup
