@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from conftest import relative_error
 from van_focal.core.saved_memory import saved_for_backward
-from van_focal.models import _van_ops, van
+from van_focal.models import _van_ops
 
 SMALL = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), mlp_ratios=(8, 8, 4, 4), num_classes=5)
 
@@ -26,7 +26,7 @@ def _run(model, x, plain: bool, monkeypatch, seed: int = 1, autocast: bool = Fal
     """(output, {name: gradient}, input gradient, bytes saved for backward) of one forward and backward."""
     with monkeypatch.context() as m:
         if plain:
-            m.setattr(van, 'saves_less', lambda block, x: False)
+            m.setattr(_van_ops, 'saves_less', lambda block, x: False)
         model.zero_grad(set_to_none=True)
         x = x.detach().clone().requires_grad_(True)
         torch.manual_seed(seed)  # the same drop-path draws on both paths
@@ -108,7 +108,7 @@ def test_double_backward_matches_the_plain_block(monkeypatch):
     def penalty(plain: bool):
         with monkeypatch.context() as m:
             if plain:
-                m.setattr(van, 'saves_less', lambda block, x: False)
+                m.setattr(_van_ops, 'saves_less', lambda block, x: False)
             model.zero_grad(set_to_none=True)
             xg = x.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(model(xg).pow(2).sum(), xg, create_graph=True)

@@ -198,8 +198,8 @@ class _MlpOutput(torch.autograd.Function):
 @torch.jit.unused
 def saves_less(block: nn.Module, x: torch.Tensor) -> bool:
     """Whether `van_block_saving_memory` serves: eager, with gradients, a GELU, and no MLP dropout in training."""
-    if routes.capturing_graph() or not torch.is_grad_enabled():
-        return False
+    if isinstance(x, torch.fx.Proxy) or routes.capturing_graph() or not torch.is_grad_enabled():
+        return False  # torch.fx's symbolic tracing, torch.compile, export: the plain block
     if gelu_approximation(block.attn.activation) is None or gelu_approximation(block.mlp.act) is None:
         return False
     if block.training and block.mlp.drop.p > 0:

@@ -22,7 +22,7 @@ from timm.models._features import feature_take_indices
 from ._depthwise import DepthwiseConv
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from ._pointwise import PointwiseConv
-from ._van_ops import saves_less, van_block_saving_memory
+from . import _van_ops
 from .van_layouts import is_mindspore, to_timm_layout
 
 __all__ = ['VAN']
@@ -136,11 +136,19 @@ class VanBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and saves_less(self, x):
-            return van_block_saving_memory(self, x)  # training: the same sums, fewer activations kept (_van_ops)
+        if not torch.jit.is_scripting() and self._saves_less(x):
+            return self._forward_saving_memory(x)  # training: the same sums, fewer activations kept
         x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.attn(self.norm1(x)))
         x = x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
         return x
+
+    @torch.jit.unused
+    def _saves_less(self, x: torch.Tensor) -> bool:
+        return _van_ops.saves_less(self, x)
+
+    @torch.jit.unused
+    def _forward_saving_memory(self, x: torch.Tensor) -> torch.Tensor:
+        return _van_ops.van_block_saving_memory(self, x)
 
     @torch.no_grad()
     def fuse(self) -> 'FusedVanBlock':
