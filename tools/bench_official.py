@@ -92,6 +92,15 @@ def interleaved(steps: dict, batch: int, iters: int, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def setup_run(args) -> tuple:
+    """What a timing run starts with (here and in bench_peers.py): `--threads` applied, the seed set, then the
+    (--batch-size, 3, 224, 224) input and the CPU's name."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return torch.randn(args.batch_size, 3, 224, 224), devices.cpu_name()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--official-van', default='')
@@ -103,11 +112,7 @@ def main():
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, 224, 224)
-    cpu = devices.cpu_name()
+    x, cpu = setup_run(args)
     print(f'{cpu}; torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, batch '
           f'{args.batch_size}, 224x224, float32, median of {args.repeats} interleaved rounds')
     table = []

@@ -24,10 +24,9 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_official  # noqa: E402  (the interleaved timer and the official builders)
+import bench_official  # noqa: E402  (the run's setup, the interleaved timer and the official builders)
 
 import van_focal  # noqa: F401,E402
-from van_focal.core import device as devices  # noqa: E402
 from van_focal.core.saved_memory import saved_for_backward  # noqa: E402
 from van_focal.cli.args import write_results  # noqa: E402
 
@@ -70,11 +69,7 @@ def main():
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, 224, 224)
-    cpu = devices.cpu_name()
+    x, cpu = bench_official.setup_run(args)
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     command = 'python tools/bench_peers.py ' + ' '.join(sys.argv[1:])

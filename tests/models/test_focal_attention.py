@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FIXTURES, golden, relative_error
+from van_focal.core import device as devices
 from van_focal.core.saved_memory import saved_for_backward
 from van_focal.models import _focal_ops, _focal_tables
 
@@ -102,3 +103,45 @@ def test_attention_dropout_takes_the_plain_path():
                               num_heads=(1, 1, 1, 1), num_classes=3, attn_drop_rate=0.5).train()
     model(torch.randn(1, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if 'head' not in n or p.requires_grad)
+
+
+@pytest.mark.parametrize('name,float32_softmax', [('focal_tiny_patch4_window7_224', False),
+                                                   ('focalv2_tiny_useconv_patch4_window7_224', False),
+                                                   ('focal_tiny_patch4_window7_224', True)])
+def test_autocast_bfloat16_saves_memory_and_matches_the_plain_path(name, float32_softmax, monkeypatch):
+    """Under autocast the input-saving attention and GELU-linear serve too (inputs cast as autocast casts the plain
+    path's ops, outside their autograd Functions): the plain path's logits and gradients within bfloat16 rounding,
+    fewer bytes saved for backward. With float32_softmax, the backward's softmax in float32, as where autocast
+    keeps softmax in float32 (CUDA)."""
+    if float32_softmax:
+        probe = devices.autocast_op_dtype
+        monkeypatch.setattr(devices, 'autocast_op_dtype',
+                            lambda *args: torch.float32 if args[2] == 'softmax' else probe(*args))
+    torch.manual_seed(0)
+    model = timm.create_model(name, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), num_classes=5,
+                              drop_path_rate=0.).train()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if 'relative_position' in n:
+                p.normal_()
+    x = torch.randn(1, 3, 112, 112)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out, saved = saved_for_backward(lambda: model(xg), model.parameters())
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), xg.grad, torch.cat([p.grad.flatten() for p in model.parameters()]), saved
+
+    out, x_grad, param_grads, saved = grads()
+    with monkeypatch.context() as m:
+        _plain(m)
+        plain_out, plain_x_grad, plain_param_grads, plain_saved = grads()
+    assert out.dtype == plain_out.dtype == torch.bfloat16
+    assert relative_error(out, plain_out) <= 1e-2
+    # the backward's matmuls and softmax in bfloat16 where the plain path's CPU attention computes in float32:
+    # both paths are this far from the float32 gradients
+    assert relative_error(x_grad, plain_x_grad) <= 3e-2
+    assert relative_error(param_grads, plain_param_grads) <= 3e-2
+    assert saved < 0.9 * plain_saved

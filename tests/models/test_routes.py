@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.utils.flop_counter
 
 from conftest import golden, relative_error
 from van_focal.models import _routes as routes

@@ -179,6 +179,28 @@ def autocast(device: torch.device, enabled: bool, dtype: torch.dtype = torch.flo
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast runs matmul-like ops in on `device_type` ('cuda', 'npu', 'cpu', ...), or None when
+    it is off there (always for meta tensors, which autocast does not know)."""
+    if device_type == 'meta' or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+_AUTOCAST_PROBES = {'softmax': lambda x: x.softmax(-1), 'gelu': torch.nn.functional.gelu}
+
+
+@lru_cache(maxsize=None)
+def autocast_op_dtype(device_type: str, dtype: torch.dtype, op: str, input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype autocast on `device_type`, running matmuls in `dtype`, runs `op` ('softmax', 'gelu') in for an
+    `input_dtype` input: float32 where the op is on the device's float32 list (CUDA: softmax), `dtype` where it
+    is on its lower-precision one, else `input_dtype`. Found by running the op once on a one-element tensor, so
+    that it holds on every device, torch_npu's autocast lists included."""
+    x = torch.zeros(1, dtype=input_dtype, device=device_type)
+    with torch.autocast(device_type, dtype=dtype):
+        return _AUTOCAST_PROBES[op](x).dtype
+
+
 class NpuScaler(NativeScaler):
     """timm's NativeScaler around torch_npu's GradScaler.
 

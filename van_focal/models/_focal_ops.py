@@ -249,33 +249,41 @@ class _WindowAttention(torch.autograd.Function):
     of the tokens (the keys of every window are re-gathered in backward) and the bias, not the gathered
     keys and values (about 4.5x the projection's keys) nor the attention probabilities. Backward
     recomputes the probabilities (one matmul and a softmax) and sums the gradients of the keys and
-    values into the projection's slots (`_gather_qkv_grad`). Plain torch ops: any device."""
+    values into the projection's slots (`_gather_qkv_grad`). Plain torch ops: any device.
+
+    The matmuls run in the projection's dtype, the bias cast to it (`_full_bias`), the backward's softmax in
+    `softmax_dtype` (None: the same); under autocast, `_window_attention_function` chooses both as autocast
+    would and runs this without autocast."""
 
     @staticmethod
-    def forward(ctx, qkv, index, bias, mask, height, width, ws, scale):
+    def forward(ctx, qkv, index, bias, mask, height, width, ws, scale, softmax_dtype):
         q, k, v = _gather_qkv_plain(qkv, index, height, width, ws)
         heads = qkv.shape[3]
         out = attention_with_bias(q, k, v, _full_bias(bias, mask, heads, q.shape[1] // heads, q.dtype), 0., scale)
         ctx.save_for_backward(qkv, index, bias, mask)
-        ctx.args = (height, width, ws, scale)
+        ctx.args = (height, width, ws, scale, softmax_dtype)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         qkv, index, bias, mask = ctx.saved_tensors
-        height, width, ws, scale = ctx.args
+        height, width, ws, scale, softmax_dtype = ctx.args
         q, k, v = _gather_qkv_plain(qkv, index, height, width, ws)
         B, heads = qkv.shape[0], qkv.shape[3]
         num_windows = q.shape[1] // heads
         q = q * scale
         probs = torch.matmul(q, k.transpose(-2, -1)).add_(_full_bias(bias, mask, heads, num_windows, q.dtype))
-        probs = probs.softmax(-1)
-        grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
-        grad_scores = torch._softmax_backward_data(torch.matmul(grad_out, v.transpose(-2, -1)), probs, -1, probs.dtype)
-        del probs
-        grad_q = torch.matmul(grad_scores, k).mul_(scale)
-        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q)
+        probs = probs.softmax(-1, dtype=softmax_dtype)
+        # (the casts: no-ops unless the softmax runs in float32 under autocast)
+        grad_v = torch.matmul(probs.to(q.dtype).transpose(-2, -1), grad_out)
+        grad_probs = torch.matmul(grad_out, v.transpose(-2, -1)).to(probs.dtype)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        del probs, grad_probs
+        grad_scores_q = grad_scores.to(q.dtype)
+        grad_q = torch.matmul(grad_scores_q, k).mul_(scale)
+        grad_k = torch.matmul(grad_scores_q.transpose(-2, -1), q)
+        del grad_scores_q
         grad_bias = None
         if ctx.needs_input_grad[2]:
             per_window = grad_scores.view(B, heads, num_windows, *grad_scores.shape[2:]).sum(0)
@@ -289,22 +297,30 @@ class _WindowAttention(torch.autograd.Function):
                 'buffer': lambda: _gather_qkv_grad(*args, through_buffer=True),
                 'in_place': lambda: _gather_qkv_grad(*args, through_buffer=False),
             }, grad_q.device)
-        return grad, None, grad_bias, None, None, None, None, None
+        return grad, None, grad_bias, None, None, None, None, None, None
 
 
 @torch.jit.unused
 def _window_attention_function(qkv: torch.Tensor, index: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor],
                                height: int, width: int, ws: int, scale: float) -> torch.Tensor:
-    return _WindowAttention.apply(qkv, index, bias, mask, height, width, ws, scale)
+    device_type = qkv.device.type
+    dtype = devices.autocast_dtype(device_type)
+    if dtype is None:
+        return _WindowAttention.apply(qkv, index, bias, mask, height, width, ws, scale, None)
+    # Under autocast, q, k and v in the dtype autocast gives the attention's matmuls (the plain path's scaled_dot_
+    # product_attention is on every lower-precision list), the bias cast to it in the Function as on the plain
+    # path, and the backward's softmax in the dtype autocast gives a softmax on this device; the cast outside the
+    # Function, which runs without autocast: its forward and backward see the dtypes chosen here.
+    softmax_dtype = devices.autocast_op_dtype(device_type, dtype, 'softmax', dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _WindowAttention.apply(qkv.to(dtype), index, bias, mask, height, width, ws, scale, softmax_dtype)
 
 
 @torch.jit.unused
 def _saving_inputs(qkv: torch.Tensor, bias: torch.Tensor, dropout_p: float) -> bool:
-    """Whether `_WindowAttention` serves: eager training without attention dropout and without autocast (its
-    backward takes one dtype), off the NPU (whose fused kernel saves only its own statistics, and with
-    autograd's backward)."""
-    if (routes.capturing_graph() or dropout_p > 0 or not torch.is_grad_enabled()
-            or (qkv.device.type != 'meta' and torch.is_autocast_enabled(qkv.device.type))):
+    """Whether `_WindowAttention` serves: eager training (autocast or not) without attention dropout, off the NPU
+    (whose fused kernel saves only its own statistics, and with autograd's backward)."""
+    if routes.capturing_graph() or dropout_p > 0 or not torch.is_grad_enabled():
         return False
     return (qkv.requires_grad or bias.requires_grad) and devices.fused_attention_op(qkv.device) is None
 
@@ -326,13 +342,14 @@ def focal_window_attention(qkv: torch.Tensor, index: torch.Tensor, bias: torch.T
 
 class _GeluLinear(torch.autograd.Function):
     """F.linear(F.gelu(h), weight, bias) saving h, not gelu(h): backward recomputes the GELU (one
-    element-wise pass) where autograd would keep both the GELU's input and its output."""
+    element-wise pass) where autograd would keep both the GELU's input and its output. The GELU runs in h's
+    dtype, the linear in the weight's (under autocast, `_gelu_linear_function` casts them as autocast would)."""
 
     @staticmethod
     def forward(ctx, h, weight, bias):
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
-        return routed_linear(F.gelu(h), weight, bias)
+        return routed_linear(F.gelu(h).to(weight.dtype), weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -341,24 +358,31 @@ class _GeluLinear(torch.autograd.Function):
         grad_y = grad_y.reshape(-1, grad_y.shape[-1])
         grad_weight = grad_bias = grad_h = None
         if ctx.needs_input_grad[1]:
-            grad_weight = grad_y.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+            grad_weight = grad_y.t().mm(F.gelu(h).to(weight.dtype).reshape(-1, h.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_y.sum(0)
         if ctx.needs_input_grad[0]:
-            grad_h = torch.ops.aten.gelu_backward(grad_y.mm(weight).view(h.shape), h)
+            grad_h = torch.ops.aten.gelu_backward(grad_y.mm(weight).view(h.shape).to(h.dtype), h)
         return grad_h, grad_weight, grad_bias
 
 
 @torch.jit.unused
 def _gelu_linear_function(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    if h.device.type != 'meta' and torch.is_autocast_enabled(h.device.type):  # one dtype in backward: plain path
-        return routed_linear(F.gelu(h), weight, bias)
-    return _GeluLinear.apply(h, weight, bias)
+    device_type = h.device.type
+    dtype = devices.autocast_dtype(device_type)
+    if dtype is None:
+        return _GeluLinear.apply(h, weight, bias)
+    # Under autocast, cast as autocast casts the plain path's ops: the linear's weight and bias to its dtype
+    # (autocast casts the GELU's output in the linear too), h to the dtype the GELU runs in there (h's own: the
+    # GELU is on no autocast list of CPU or CUDA); outside the Function, which runs without autocast.
+    gelu_dtype = devices.autocast_op_dtype(device_type, dtype, 'gelu', h.dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _GeluLinear.apply(h.to(gelu_dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 @register_notrace_function
 def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """F.linear(F.gelu(h), weight, bias); in eager training without autocast through `_GeluLinear`, which
+    """F.linear(F.gelu(h), weight, bias); in eager training (autocast or not) through `_GeluLinear`, which
     saves h only."""
     if torch.jit.is_scripting() or routes.capturing_graph() or not torch.is_grad_enabled():
         return routed_linear(F.gelu(h), weight, bias)

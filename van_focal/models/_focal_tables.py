@@ -72,6 +72,21 @@ def neighbourhood_cells(ws: int, expand: int) -> Tuple[torch.Tensor, torch.Tenso
     return own, torch.cat(ring)
 
 
+def _static_for_dynamo(*tables: torch.Tensor):
+    """The tables, each marked static for torch.compile, as `torch._dynamo.mark_static` marks a tensor outside a
+    compile (inside one, where dynamo calls the functions below, mark_static would specialise a traced size).
+
+    Dynamo registers the result of an `assume_constant_result` function under the function's name, so all the
+    tables one function returns (one per stage and input size) reach it under one name, and its automatic
+    dynamic shapes go by name: the second table of another shape, in the same graph or in the next model
+    compiled in the process, got symbolic sizes. A constant has no guards, so reading such a size broke the
+    graph, and resuming after the break loaded the constant by that name, which is the function (`'function'
+    object has no attribute 'shape'`). Marked static, each table is the constant it is."""
+    for table in tables:
+        table._dynamo_static_indices = set(range(table.dim()))
+    return tables if len(tables) > 1 else tables[0]
+
+
 @lru_cache(maxsize=None)
 def _neighbourhood_merge_plan(ws: int, expand: int, device: str) -> torch.Tensor:
     """(cells, m): the entries of [own window, ring, one 'never selected' entry] that each neighbourhood
@@ -82,13 +97,13 @@ def _neighbourhood_merge_plan(ws: int, expand: int, device: str) -> torch.Tensor
     for entry, cell in enumerate(cells):
         entries[cell].append(entry)
     m = max(len(e) for e in entries)
-    return torch.tensor([e + [len(cells)] * (m - len(e)) for e in entries]).to(device)
+    return _static_for_dynamo(torch.tensor([e + [len(cells)] * (m - len(e)) for e in entries]).to(device))
 
 
 @lru_cache(maxsize=64)
 def _bias_index(ws: int, focal_window: int, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    return (relative_position_index(ws, ws).view(-1).to(device),
-            relative_position_index(ws, focal_window).view(-1).to(device))
+    return _static_for_dynamo(relative_position_index(ws, ws).view(-1).to(device),
+                              relative_position_index(ws, focal_window).view(-1).to(device))
 
 
 @lru_cache(maxsize=64)
@@ -114,7 +129,7 @@ def _focal_v1_tables(height: int, width: int, ws: int, expand: int, focal_window
     index = torch.cat([neighbourhood, pooled], 1)
     mask = torch.zeros(index.shape)
     mask[:, -pooled.shape[1]:] = torch.where(valid, 0.0, MASK_VALUE)
-    return index.to(device), mask.to(device)
+    return _static_for_dynamo(index.to(device), mask.to(device))
 
 
 def _focal_v2_topk(height: int, width: int, ws: int, topk: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +187,7 @@ def _focal_v2_tables(height: int, width: int, ws: int, topk: int, device: str) -
     of the two levels the query-key coordinate differences of every query in the window,
     deduplicated: unique coordinates (U, 2) and the inverse index (num_windows, ws*ws, K)."""
     tables = focal_v2_tables_from_index(height, width, ws, *_focal_v2_topk(height, width, ws, topk))
-    return tuple(t.to(device) for t in tables)
+    return _static_for_dynamo(*(t.to(device) for t in tables))
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""VAN's block in training with a third of the activations saved for backward: the same sums, the cheap
+"""VAN's block in training keeping less than half the activations for backward: the same sums, the cheap
 element-wise results recomputed in backward instead of kept.
 
 Autograd keeps, per block, the inputs of every op that needs them: the GELU's input and output, the gate's
