@@ -98,6 +98,12 @@ def test_plain_block_where_the_saving_path_does_not_serve():
         assert not _van_ops.saves_less(model.stages[0].blocks[0], x)
     frozen = _model().requires_grad_(False)
     assert not _van_ops.saves_less(frozen.stages[0].blocks[0], x)
+    assert not _van_ops.saves_less(_model(low_memory=False).train().stages[0].blocks[0], x)
+    model = _model().train()
+    model.set_low_memory(False)
+    assert not any(_van_ops.saves_less(block, x) for block in model.stages[0].blocks)
+    model.set_low_memory(True)
+    assert all(_van_ops.saves_less(block, x) for block in model.stages[0].blocks)
 
 
 def test_double_backward_matches_the_plain_block(monkeypatch):

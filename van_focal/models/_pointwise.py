@@ -6,7 +6,7 @@ view, with no copy; on an NCHW map, a batched matmul over the (B, C, H*W) view. 
 them (oneDNN for convolutions, the BLAS for matmuls) rank differently by CPU and shape; PyTorch itself
 also sends a single-threaded 1x1 conv with a batch below 16 to its slow unfold-based path.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,46 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     if routes.plain_op(x):
         return F.conv2d(x, weight, bias)
     return _routed(x, weight, bias)
+
+
+def _grads_onednn(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: Tuple[bool, bool, bool]):
+    return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False,
+                                               [0, 0], 1, list(needs))
+
+
+def _grads_gemm(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: Tuple[bool, bool, bool]):
+    w = weight.flatten(1)
+    grad_x = grad_w = grad_b = None
+    if routes.layout(grad) == routes.layout(x) == 'channels_last':
+        g_rows, x_rows = grad.permute(0, 2, 3, 1).reshape(-1, w.shape[0]), x.permute(0, 2, 3, 1).reshape(-1, w.shape[1])
+        if needs[0]:
+            B, _, H, W = x.shape
+            grad_x = g_rows.mm(w).view(B, H, W, -1).permute(0, 3, 1, 2)
+        if needs[1]:
+            grad_w = g_rows.t().mm(x_rows).view_as(weight)
+    else:
+        B, C, H, W = grad.shape
+        g_mat = grad.reshape(B, C, H * W)
+        if needs[0]:
+            grad_x = torch.matmul(w.t(), g_mat).view(B, -1, H, W)
+        if needs[1]:
+            grad_w = torch.bmm(g_mat, x.reshape(B, w.shape[1], H * W).transpose(1, 2)).sum(0).view_as(weight)
+    if needs[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+def pointwise_conv_grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         needs: Tuple[bool, bool, bool]) -> Tuple[Optional[torch.Tensor], ...]:
+    """(input, weight, bias) gradients of `pointwise_conv(x, weight, bias)` for the output gradient `grad`, each
+    only where `needs` says: oneDNN's convolution backward or GEMMs, the faster on the CPU; the library's elsewhere."""
+    if routes.plain_op(x):
+        return _grads_onednn(grad, x, weight, needs)
+    key = routes.key_of(x, grad, weight, needs=tuple(needs))
+    return routes.run('pointwise_conv_grads', key, {
+        'onednn': lambda: _grads_onednn(grad, x, weight, needs),
+        'gemm': lambda: _grads_gemm(grad, x, weight, needs),
+    }, x.device)
 
 
 @register_notrace_module  # a leaf for torch.fx: its route choice is not traceable

@@ -32,7 +32,7 @@ from timm.layers import GELU, GELUTanh
 
 from . import _routes as routes
 from ._depthwise import depthwise_conv, depthwise_conv_grads
-from ._pointwise import pointwise_conv
+from ._pointwise import pointwise_conv, pointwise_conv_grads
 
 
 def gelu_approximation(act: nn.Module) -> Optional[str]:
@@ -69,38 +69,27 @@ def _channel(t: torch.Tensor) -> torch.Tensor:
     return t[:, None, None]
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) channels_last -> its (B*H*W, C) view."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
-def pixel_outer_sum(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(C, K): sum over batch and pixels of g[:, c] * v[:, k], the weight gradient of a 1x1 conv of v."""
-    if routes.layout(g) == routes.layout(v) == 'channels_last':
-        return _rows(g).t().mm(_rows(v))
-    B, C, K = g.shape[0], g.shape[1], v.shape[1]
-    return torch.bmm(g.reshape(B, C, -1), v.reshape(B, K, -1).transpose(1, 2)).sum(0)
-
-
 def _scaled_projection_grads(g: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                              scale: torch.Tensor, needs: Tuple[bool, bool, bool, bool], dtype: Optional[torch.dtype]):
     """Gradients of r = scale * (conv1x1(v, weight) + bias) for dr = g: (v, weight, bias, the part of scale's
-    gradient that comes through the projection)."""
-    s = g * _channel(scale)
-    grad_v = grad_w = grad_b = grad_scale = None
-    if needs[0]:
-        w_t = weight.flatten(1).t().contiguous()[:, :, None, None]
-        grad_v = pointwise_conv(_cast(s, dtype), _cast(w_t, dtype))
-    if needs[1] or needs[3]:
-        m = pixel_outer_sum(_cast(g, dtype), v).float()
-        if needs[1]:
-            grad_w = (m * scale.float()[:, None]).view_as(weight)
-        if needs[3]:
-            grad_scale = (weight.flatten(1).float() * m).sum(1)
-            if bias is not None:
-                grad_scale = grad_scale + bias.float() * g.float().sum((0, 2, 3))
+    gradient that comes through the projection).
+
+    One 1x1 convolution backward (`pointwise_conv_grads`) of the unscaled g with the weight scaled per output channel gives all it needs:
+    the input gradient W^T (scale * g), M = sum over pixels of g v^T (weight gradient scale * M) and sum(g)
+    (bias gradient scale * sum(g)); and scale's part, rowsum(W * M) + bias * sum(g)."""
+    scaled_weight = weight * scale[:, None, None, None].to(weight.dtype)
+    need_m, need_sum = needs[1] or needs[3], bias is not None and (needs[2] or needs[3])
+    grad_v, m, g_sum = pointwise_conv_grads(_cast(g, dtype), v, _cast(scaled_weight, dtype),
+                                            (needs[0], need_m, need_sum))
+    grad_w = grad_b = grad_scale = None
+    if needs[1]:
+        grad_w = m.float() * scale.float()[:, None, None, None]
     if bias is not None and needs[2]:
-        grad_b = s.sum((0, 2, 3))
+        grad_b = g_sum.float() * scale.float()
+    if needs[3]:
+        grad_scale = (weight.flatten(1).float() * m.flatten(1).float()).sum(1)
+        if bias is not None:
+            grad_scale = grad_scale + bias.float() * g_sum.float()
     return grad_v, grad_w, grad_b, grad_scale
 
 
@@ -197,8 +186,9 @@ class _MlpOutput(torch.autograd.Function):
 
 @torch.jit.unused
 def saves_less(block: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `van_block_saving_memory` serves: eager, with gradients, a GELU, and no MLP dropout in training."""
-    if isinstance(x, torch.fx.Proxy) or routes.capturing_graph() or not torch.is_grad_enabled():
+    """Whether `van_block_saving_memory` serves: asked for (`VAN.set_low_memory`), eager, with gradients, a GELU,
+    and no MLP dropout in training."""
+    if not block.low_memory or isinstance(x, torch.fx.Proxy) or routes.capturing_graph() or not torch.is_grad_enabled():
         return False  # torch.fx's symbolic tracing, torch.compile, export: the plain block
     if gelu_approximation(block.attn.activation) is None or gelu_approximation(block.mlp.act) is None:
         return False

@@ -134,6 +134,7 @@ class VanBlock(nn.Module):
         self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.low_memory = True  # training through `_van_ops` (VAN.set_low_memory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self._saves_less(x):
@@ -244,6 +245,8 @@ class VAN(nn.Module):
         drop_rate: dropout before the classifier.
         proj_drop_rate: dropout in the MLPs.
         drop_path_rate: stochastic depth, rising linearly over the blocks.
+        low_memory: training keeps less than half the activations for backward, recomputing the cheap
+            element-wise ones (`_van_ops`); False for autograd's own backward (`set_low_memory`).
         act_layer: the activation, a class or timm name (default nn.GELU; 'gelu_tanh' for MindSpore-trained
             weights, which loading such a file also switches to).
         output_stride: 32, or 16 / 8 for dense prediction (DeepLab): the stages past that stride keep their
@@ -263,6 +266,7 @@ class VAN(nn.Module):
             drop_path_rate: float = 0.,
             act_layer: Union[str, Callable[[], nn.Module]] = nn.GELU,
             output_stride: int = 32,
+            low_memory: bool = True,
     ):
         super().__init__()
         if output_stride not in (8, 16, 32):
@@ -293,6 +297,14 @@ class VAN(nn.Module):
 
         self.apply(_init_weights)
         remap_keys_on_load(self, checkpoint_filter_fn)
+        self.set_low_memory(low_memory)
+
+    def set_low_memory(self, enable: bool = True):
+        """Train through `_van_ops`' functions, which keep less than half the activations for backward and
+        recompute the cheap element-wise ones (the same sums), or (False) through autograd's own backward."""
+        for module in self.modules():
+            if isinstance(module, VanBlock):
+                module.low_memory = enable
 
     @torch.jit.ignore
     def no_weight_decay(self):
