@@ -6,7 +6,8 @@
 
 The official repositories are not part of van_focal: clone them yourself. For each model both
 implementations get the same weights, the largest relative logit difference is printed, then
-inference (ours plain and fused) and an SGD training step are timed in interleaved rounds, each
+inference (ours plain and fused) and an SGD training step are timed in interleaved rounds (and the
+activation memory of a training step counted, bytes saved for backward per image), each
 implementation in NCHW and in channels_last, and the best median of ours is compared with the best
 median of the official code. Also printed: the CPU, the routes our code's measurement picked
 (van_focal.models._routes), and at the end a Markdown table of the ratios.
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 import van_focal  # noqa: F401
 from van_focal.core import device as devices
+from van_focal.core.saved_memory import saved_for_backward
 from van_focal.models import _routes as routes
 from van_focal.models import focal_transformer, van
 
@@ -92,6 +94,16 @@ def interleaved(steps: dict, batch: int, iters: int, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def activation_mib_per_image(model: nn.Module, x: torch.Tensor) -> float:
+    """MiB autograd saves for the backward of one training step, per image (`van_focal.core.saved_memory`)."""
+    model.train()
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+    loss, saved = saved_for_backward(lambda: nn.functional.cross_entropy(model(x), target), model.parameters())
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return round(saved / x.shape[0] / 2 ** 20, 1)
+
+
 def setup_run(args) -> tuple:
     """What a timing run starts with (here and in bench_peers.py): `--threads` applied, the seed set, then the
     (--batch-size, 3, 224, 224) input and the CPU's name."""
@@ -139,6 +151,9 @@ def main():
             line += '\n  inference: ' + report(speed)
             table.append(table_row(name, 'inference', speed, cpu, diff))
         if args.bench in ('train', 'both'):
+            memory = activation_mib_per_image(official, x), activation_mib_per_image(ours, x)
+            line += (f'\n  activation memory: official {memory[0]} MiB/image, ours {memory[1]} MiB/image, '
+                     f'{memory[1] / memory[0]:.2f}x')
             official.train(), ours.train()
             steps = {k: train_step(m, inp) for k, (m, inp) in variants.items()}
             speed = interleaved(steps, args.batch_size, 1, args.repeats)

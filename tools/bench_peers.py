@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_official  # noqa: E402  (the run's setup, the interleaved timer and the official builders)
 
 import van_focal  # noqa: F401,E402
-from van_focal.core.saved_memory import saved_for_backward  # noqa: E402
 from van_focal.cli.args import write_results  # noqa: E402
 
 # ours -> (peer in timm, the name of ours in bench_official's official pairs)
@@ -40,15 +39,6 @@ PAIRS = {
 
 def create(name: str) -> nn.Module:
     return timm.create_model(name, drop_path_rate=0.)
-
-
-def activation_mib_per_image(model: nn.Module, x: torch.Tensor) -> float:
-    model.train()
-    target = torch.zeros(x.shape[0], dtype=torch.long)
-    loss, saved = saved_for_backward(lambda: nn.functional.cross_entropy(model(x), target), model.parameters())
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return round(saved / x.shape[0] / 2 ** 20, 1)
 
 
 def best(speed: dict, who: str) -> tuple:
@@ -85,7 +75,7 @@ def main():
         official_given = args.official_focal if official_name.startswith('focal') else args.official_van
         if official_given:
             models['official'], models['ours'] = bench_official.build_pair(official_name, args)
-        memory = {who: activation_mib_per_image(m, x) for who, m in models.items()}
+        memory = {who: bench_official.activation_mib_per_image(m, x) for who, m in models.items()}
         for mode in (['infer', 'train'] if args.bench == 'both' else [args.bench]):
             steps = {}
             for who, model in models.items():
