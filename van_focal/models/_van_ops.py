@@ -28,22 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm.layers import GELU, GELUTanh
-
 from . import _routes as routes
+from ._conv_act import conv_gelu, gelu_approximation
 from ._depthwise import depthwise_conv, depthwise_conv_grads
 from ._pointwise import pointwise_conv, pointwise_conv_grads
-
-
-def gelu_approximation(act: nn.Module) -> Optional[str]:
-    """'none' or 'tanh' for torch's and timm's GELU modules, None for any other activation."""
-    if isinstance(act, nn.GELU):
-        return act.approximate
-    if isinstance(act, GELUTanh):
-        return 'tanh'
-    if isinstance(act, GELU):
-        return 'none'
-    return None
 
 
 def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
@@ -156,13 +144,16 @@ class _MlpOutput(torch.autograd.Function):
     depth-wise conv and the GELU."""
 
     @staticmethod
-    def forward(ctx, h, dw_weight, dw_bias, dilation, weight, bias, scale, approximate, dtype):
+    def forward(ctx, h, dw_weight, dw_bias, dilation, weight, bias, scale, approximate, dtype, dw_gelu):
         ctx.save_for_backward(h, dw_weight, dw_bias, weight, bias, scale)
         ctx.setup = dilation, approximate, dtype
         with _autocast_off(h):
-            d = depthwise_conv(_cast(h, dtype), _cast(dw_weight, dtype), _cast(dw_bias, dtype), dilation)
-            z = pointwise_conv(_cast(F.gelu(d, approximate=approximate), dtype), _cast(weight, dtype),
-                               _cast(bias, dtype))
+            if dw_gelu is not None:  # the module's conv and GELU, in one pass where faster (`_conv_act`)
+                u = dw_gelu(h)
+            else:
+                d = depthwise_conv(_cast(h, dtype), _cast(dw_weight, dtype), _cast(dw_bias, dtype), dilation)
+                u = F.gelu(d, approximate=approximate)
+            z = pointwise_conv(_cast(u, dtype), _cast(weight, dtype), _cast(bias, dtype))
             return z * _channel(scale)
 
     @staticmethod
@@ -181,7 +172,7 @@ class _MlpOutput(torch.autograd.Function):
             if grad_u is not None:
                 grad_d = torch.ops.aten.gelu_backward(grad_u.to(d.dtype), d, approximate=approximate)
                 grad_h, grad_dw_w, grad_dw_b = depthwise_conv_grads(grad_d, h_c, dw_weight_c, dilation, dw_needs)
-        return grad_h, grad_dw_w, grad_dw_b, None, grad_w, grad_b, grad_scale, None, None
+        return grad_h, grad_dw_w, grad_dw_b, None, grad_w, grad_b, grad_scale, None, None, None
 
 
 @torch.jit.unused
@@ -212,4 +203,5 @@ def van_block_saving_memory(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     h = mlp.fc1(block.norm2(x))
     return x + block.drop_path(_MlpOutput.apply(h, mlp.dwconv.weight, mlp.dwconv.bias, mlp.dwconv.dilation[0],
                                                 mlp.fc2.weight, mlp.fc2.bias, block.layer_scale_2,
-                                                gelu_approximation(mlp.act), dtype))
+                                                gelu_approximation(mlp.act), dtype,
+                                                None if dtype else lambda h: conv_gelu(mlp.dwconv, mlp.act, h)))

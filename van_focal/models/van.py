@@ -23,6 +23,7 @@ from ._depthwise import DepthwiseConv
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from ._pointwise import PointwiseConv
 from . import _van_ops
+from ._conv_act import conv_gelu, conv_mul
 from .van_layouts import is_mindspore, to_timm_layout
 
 __all__ = ['VAN']
@@ -71,8 +72,9 @@ class LargeKernelAttention(nn.Module):
         u = x
         attn = self.conv0(x)
         attn = self.conv_spatial(attn)
-        attn = self.conv1(attn)
-        return u * attn
+        if torch.jit.is_scripting():
+            return u * self.conv1(attn)
+        return conv_mul(self.conv1, attn, u)  # u * conv1(attn), in one pass where faster (_conv_act)
 
 
 class SpatialAttention(nn.Module):
@@ -86,7 +88,9 @@ class SpatialAttention(nn.Module):
         self.proj_2 = PointwiseConv(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
+        if torch.jit.is_scripting():
+            return x + self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
+        return x + self.proj_2(self.spatial_gating_unit(conv_gelu(self.proj_1, self.activation, x)))
 
 
 class ConvMlp(nn.Module):
@@ -103,8 +107,10 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
-        x = self.dwconv(x)
-        x = self.act(x)
+        if torch.jit.is_scripting():
+            x = self.act(self.dwconv(x))
+        else:
+            x = conv_gelu(self.dwconv, self.act, x)  # act(dwconv(x)), in one pass where faster (_conv_act)
         x = self.drop(x)
         x = self.fc2(x)
         return self.drop(x)
@@ -181,7 +187,11 @@ class FusedVanBlock(nn.Module):
         self.mlp.fc2 = _conv_with_affine_output(block.mlp.fc2, ls2, torch.zeros_like(ls2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x)))), x, self.skip_scale)
+        if torch.jit.is_scripting():
+            a = self.activation(self.proj_1(x))
+        else:
+            a = conv_gelu(self.proj_1, self.activation, x)
+        x = torch.addcmul(self.proj_2(self.spatial_gating_unit(a)), x, self.skip_scale)
         return x + self.mlp(x)
 
 
