@@ -31,12 +31,19 @@ def gelu_approximation(act: nn.Module) -> Optional[str]:
     return None
 
 
-def _fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    if isinstance(x, torch.fx.Proxy) or routes.plain_op(x) or not torch.backends.mkldnn.is_available() or x.dtype not in (torch.float32, torch.bfloat16):
+def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's fused op may serve: an inference call on the CPU, float32 or bfloat16 (as the weight), no
+    autocast, no graph capture or torch.fx tracing."""
+    if isinstance(x, torch.fx.Proxy) or routes.plain_op(x) or not torch.backends.mkldnn.is_available():
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+    if x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype or torch.is_autocast_enabled('cpu'):
         return False
-    return conv.padding_mode == 'zeros' and not isinstance(conv.padding, str) and x.dim() == 4
+    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+
+
+def _conv_fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    return (_fusable(x, conv.weight) and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+            and x.dim() == 4)
 
 
 def _onednn(x: torch.Tensor, conv: nn.Conv2d, attr: str, algorithm: Optional[str]) -> torch.Tensor:
@@ -48,7 +55,7 @@ def _onednn(x: torch.Tensor, conv: nn.Conv2d, attr: str, algorithm: Optional[str
 def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """act(conv(x)), the GELU applied by oneDNN as it writes the conv's output where that is faster."""
     approximate = gelu_approximation(act)
-    if torch.jit.is_scripting() or approximate is None or not _fusable(x, conv):
+    if torch.jit.is_scripting() or approximate is None or not _conv_fusable(x, conv):
         return act(conv(x))
     return routes.run('conv_gelu', routes.key_of(x, conv.weight, groups=conv.groups, dilation=conv.dilation), {
         'separate': lambda: act(conv(x)),
@@ -58,8 +65,8 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def conv_mul(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """other * conv(x), the product formed by oneDNN as it writes the conv's output where that is faster."""
-    if torch.jit.is_scripting() or not _fusable(x, conv) or other.shape != x.shape[:1] + (conv.out_channels,) + x.shape[2:] \
-            or other.dtype != x.dtype or other.requires_grad and torch.is_grad_enabled():
+    if torch.jit.is_scripting() or not _conv_fusable(x, conv) or not _fusable(other, conv.weight) \
+            or other.shape != x.shape[:1] + (conv.out_channels,) + x.shape[2:]:
         return other * conv(x)
     return routes.run('conv_mul', routes.key_of(x, conv.weight, other, groups=conv.groups), {
         'separate': lambda: other * conv(x),
@@ -73,11 +80,8 @@ def linear_gelu(fc: nn.Linear, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """act(fc(x)) of (..., C) tokens, as a 1x1 conv with oneDNN's GELU post-op on their channels_last view where
     that is faster."""
     approximate = gelu_approximation(act)
-    if torch.jit.is_scripting() or approximate is None or isinstance(x, torch.fx.Proxy) or not x.is_contiguous() \
-            or x.dim() < 2 \
-            or routes.plain_op(x) or not torch.backends.mkldnn.is_available() \
-            or x.dtype not in (torch.float32, torch.bfloat16) \
-            or torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad):
+    if torch.jit.is_scripting() or approximate is None or not _fusable(x, fc.weight) or not x.is_contiguous() \
+            or x.dim() < 2:
         return act(fc(x))
 
     def fused() -> torch.Tensor:
