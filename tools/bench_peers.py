@@ -36,6 +36,27 @@ PAIRS = {
     'van_b2': ('convnext_tiny', 'van_b2'),
 }
 
+# issue #21's targets, ours / theirs: {(ours, against 'peer' or 'official'): (inference, training step)}
+GOALS = {
+    ('focal_tiny_patch4_window7_224', 'peer'): (1.0, 1.0),
+    ('focalv2_tiny_useconv_patch4_window7_224', 'peer'): (1.2, 1.2),
+    ('van_b2', 'peer'): (1.1, 1.1),
+    ('focal_tiny_patch4_window7_224', 'official'): (2.5, 2.0),
+    ('focalv2_tiny_useconv_patch4_window7_224', 'official'): (1.5, 1.5),
+    ('van_b2', 'official'): (1.5, 1.3),
+}
+ACTIVATION_GOAL = 0.6  # ours / official
+
+
+def goal_columns(model: str, who: str, mode: str, ratio: float, activation_ratio: float) -> dict:
+    """The target of a row and whether it was met (speed; activation memory against the official code)."""
+    if (model, who) not in GOALS:
+        return dict(goal='', at_goal='')
+    goal = GOALS[(model, who)][0 if mode == 'inference' else 1]
+    met = ratio >= goal and (who != 'official' or activation_ratio <= ACTIVATION_GOAL)
+    return dict(goal=f'≥ {goal}×' + (f', memory ≤ {ACTIVATION_GOAL}×' if who == 'official' else ''),
+                at_goal='yes' if met else 'no')
+
 
 def create(name: str) -> nn.Module:
     return timm.create_model(name, drop_path_rate=0.)
@@ -95,6 +116,7 @@ def main():
                            ours_activation_mib_per_image=memory['ours'],
                            their_activation_mib_per_image=memory[who],
                            activation_ratio=round(memory['ours'] / memory[who], 2))
+                row.update(goal_columns(name, who, row['mode'], row['ratio'], row['activation_ratio']))
                 rows.append(row)
                 print(f"{name} vs {row['against']}, {row['mode']}: ours {ours:.2f} img/s ({ours_layout}), "
                       f"theirs {theirs:.2f} img/s ({their_layout}), ratio {row['ratio']:.2f}x; activations "

@@ -23,7 +23,8 @@ def test_bench_official_prints_cpu_routes_and_table(monkeypatch, capsys):
     bench_official.main()
     out = capsys.readouterr().out
     assert out.startswith(devices.cpu_name())
-    assert 'max relative logit difference 0.0e+00' in out and 'routes picked: dilated_dw_conv: ' in out
+    assert 'max relative logit difference 0.0e+00' in out and 'routes picked: ' in out and 'dilated_dw_conv: ' in out
+    assert 'activation memory: official ' in out
     rows = [line for line in out.splitlines() if line.startswith('| van_b0 |')]
     assert len(rows) == 2 and rows[0].startswith('| van_b0 | inference (') and '| training step (' in rows[1]
     assert all(devices.cpu_name() in row and row.count('|') == 8 for row in rows)

@@ -30,3 +30,11 @@ def test_bench_peers_rows(monkeypatch, capsys, tmp_path):
         assert float(row['ours_activation_mib_per_image']) > 0 and float(row['their_activation_mib_per_image']) > 0
         assert abs(float(row['ratio']) - float(row['ours_img_per_sec']) / float(row['their_img_per_sec'])) < 0.02
     assert '| van_b0 | resnet10t | inference |' in out
+
+
+def test_goal_columns():
+    assert bench_peers.goal_columns('van_b2', 'peer', 'inference', 1.12, 0.9) == dict(goal='≥ 1.1×', at_goal='yes')
+    assert bench_peers.goal_columns('van_b2', 'official', 'training step', 1.4, 0.7)['at_goal'] == 'no'  # memory
+    assert bench_peers.goal_columns('focal_tiny_patch4_window7_224', 'official', 'inference', 2.4, 0.5) == dict(
+        goal='≥ 2.5×, memory ≤ 0.6×', at_goal='no')
+    assert bench_peers.goal_columns('van_b0', 'peer', 'inference', 1.0, 1.0) == dict(goal='', at_goal='')
