@@ -23,19 +23,28 @@ import van_focal  # noqa: F401,E402
 from van_focal.cli.args import write_results  # noqa: E402
 
 
+def _under(context, step) -> None:
+    with context:
+        step()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', default='van_b0,van_b2')
     parser.add_argument('-b', '--batch-size', type=int, default=8)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--amp-dtype', default='', choices=['', 'bfloat16'],
+                        help='under CPU autocast in this dtype (default: float32, no autocast)')
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
     x, cpu = bench_official.setup_run(args)
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    setup = (f'float32, batch {args.batch_size}, 224², {torch.get_num_threads()} threads, SGD step, interleaved '
-             f'rounds, median of {args.repeats}; torch {torch.__version__}, timm {timm.__version__}')
+    amp = torch.autocast('cpu', dtype=torch.bfloat16, enabled=bool(args.amp_dtype))
+    setup = (f'{"bfloat16 autocast" if args.amp_dtype else "float32"}, batch {args.batch_size}, 224², '
+             f'{torch.get_num_threads()} threads, SGD step, interleaved rounds, median of {args.repeats}; '
+             f'torch {torch.__version__}, timm {timm.__version__}')
     print(f'{cpu}; {setup}', flush=True)
     rows = []
     for name in args.models.split(','):
@@ -43,14 +52,15 @@ def main():
         memory = {}
         for enable in (True, False):
             model.set_low_memory(enable)
-            memory[enable] = bench_official.activation_mib_per_image(model, x)
+            with amp:
+                memory[enable] = bench_official.activation_mib_per_image(model, x)
         for layout in ('NCHW', 'channels_last'):
             fmt = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
             model, inp = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
             steps = {}
             for enable in (True, False):
                 step = bench_official.train_step(model, inp)
-                steps[enable] = lambda step=step, enable=enable: (model.set_low_memory(enable), step())
+                steps[enable] = lambda step=step, enable=enable: (model.set_low_memory(enable), _under(amp, step))
             speed = bench_official.interleaved(steps, args.batch_size, 1, args.repeats)
             row = dict(date=datetime.date.today().isoformat(), cpu=cpu, commit=commit,
                        command='python tools/bench_low_memory.py ' + ' '.join(sys.argv[1:]), setup=setup, model=name,

@@ -123,8 +123,11 @@ def main():
     parser.add_argument('--iters', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--memory-amp-dtype', default='', choices=['', 'bfloat16'],
+                        help='count the activation memory under CPU autocast in this dtype (timing stays float32)')
     args = parser.parse_args()
     x, cpu = setup_run(args)
+    amp = torch.autocast('cpu', dtype=torch.bfloat16, enabled=bool(args.memory_amp_dtype))
     print(f'{cpu}; torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, batch '
           f'{args.batch_size}, 224x224, float32, median of {args.repeats} interleaved rounds')
     table = []
@@ -151,9 +154,10 @@ def main():
             line += '\n  inference: ' + report(speed)
             table.append(table_row(name, 'inference', speed, cpu, diff))
         if args.bench in ('train', 'both'):
-            memory = activation_mib_per_image(official, x), activation_mib_per_image(ours, x)
-            line += (f'\n  activation memory: official {memory[0]} MiB/image, ours {memory[1]} MiB/image, '
-                     f'{memory[1] / memory[0]:.2f}x')
+            with amp:
+                memory = activation_mib_per_image(official, x), activation_mib_per_image(ours, x)
+            line += (f'\n  activation memory{" (" + args.memory_amp_dtype + " autocast)" if args.memory_amp_dtype else ""}: '
+                     f'official {memory[0]} MiB/image, ours {memory[1]} MiB/image, {memory[1] / memory[0]:.2f}x')
             official.train(), ours.train()
             steps = {k: train_step(m, inp) for k, (m, inp) in variants.items()}
             speed = interleaved(steps, args.batch_size, 1, args.repeats)
