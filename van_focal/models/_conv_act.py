@@ -7,8 +7,8 @@ MLP (3x3 depth-wise conv, GELU) and attention (1x1 conv, GELU; 1x1 conv times th
 Focal's MLP (linear, GELU, as a 1x1 conv on the tokens) run through it in inference.
 
 Each is a route (`van_focal.models._routes`): the separate ops stay unless the fused one is faster on this
-CPU and shape. Off the CPU, with gradients, under autocast, in graph capture, torch.fx tracing and TorchScript: the
-separate ops.
+CPU and shape. Off the CPU, with gradients, under autocast or a dispatch mode (FLOP counters), in graph capture, torch.fx
+tracing and TorchScript: the separate ops.
 """
 from typing import Optional
 
@@ -33,8 +33,10 @@ def gelu_approximation(act: nn.Module) -> Optional[str]:
 
 def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN's fused op may serve: an inference call on the CPU, float32 or bfloat16 (as the weight), no
-    autocast, no graph capture or torch.fx tracing."""
+    autocast, no graph capture or torch.fx tracing, and no dispatch mode (a FLOP counter knows the separate ops)."""
     if isinstance(x, torch.fx.Proxy) or routes.plain_op(x) or not torch.backends.mkldnn.is_available():
+        return False
+    if torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype or torch.is_autocast_enabled('cpu'):
         return False

@@ -55,7 +55,8 @@ def _grads_gemm(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs
     w = weight.flatten(1)
     grad_x = grad_w = grad_b = None
     if routes.layout(grad) == routes.layout(x) == 'channels_last':
-        g_rows, x_rows = grad.permute(0, 2, 3, 1).reshape(-1, w.shape[0]), x.permute(0, 2, 3, 1).reshape(-1, w.shape[1])
+        g_rows = grad.permute(0, 2, 3, 1).reshape(-1, w.shape[0])
+        x_rows = x.permute(0, 2, 3, 1).reshape(-1, w.shape[1])
         if needs[0]:
             B, _, H, W = x.shape
             grad_x = g_rows.mm(w).view(B, H, W, -1).permute(0, 3, 1, 2)

@@ -28,25 +28,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core import device as devices
 from . import _routes as routes
 from ._conv_act import conv_gelu, gelu_approximation
 from ._depthwise import depthwise_conv, depthwise_conv_grads
 from ._pointwise import pointwise_conv, pointwise_conv_grads
 
 
-def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    device = x.device.type
-    if device == 'meta' or not torch.is_autocast_enabled(device):
-        return None
-    return torch.get_autocast_dtype(device)
-
-
 def _autocast_off(t: torch.Tensor):
     """A context with autocast off on t's device (where it is on): the functions cast themselves."""
-    device = t.device.type
-    if device == 'meta' or not torch.is_autocast_enabled(device):
+    if devices.autocast_dtype(t.device.type) is None:
         return contextlib.nullcontext()
-    return torch.autocast(device, enabled=False)
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
@@ -179,7 +172,9 @@ class _MlpOutput(torch.autograd.Function):
 def saves_less(block: nn.Module, x: torch.Tensor) -> bool:
     """Whether `van_block_saving_memory` serves: asked for (`VAN.set_low_memory`), eager, with gradients, a GELU,
     and no MLP dropout in training."""
-    if not block.low_memory or isinstance(x, torch.fx.Proxy) or routes.capturing_graph() or not torch.is_grad_enabled():
+    if not block.low_memory or not torch.is_grad_enabled():
+        return False
+    if isinstance(x, torch.fx.Proxy) or routes.capturing_graph():
         return False  # torch.fx's symbolic tracing, torch.compile, export: the plain block
     if gelu_approximation(block.attn.activation) is None or gelu_approximation(block.mlp.act) is None:
         return False
@@ -192,7 +187,7 @@ def saves_less(block: nn.Module, x: torch.Tensor) -> bool:
 def van_block_saving_memory(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`VanBlock.forward` (same parameters, same sums) through the functions above."""
     attn, lka, mlp = block.attn, block.attn.spatial_gating_unit, block.mlp
-    dtype = _autocast_dtype(x)
+    dtype = devices.autocast_dtype(x.device.type)
     approximate = gelu_approximation(attn.activation)
     a = block.norm1(x)
     p = attn.proj_1(a)

@@ -19,11 +19,11 @@ from timm.models import (
     checkpoint_seq, generate_default_cfgs, register_model, reparameterize_model)
 from timm.models._features import feature_take_indices
 
+from . import _van_ops
+from ._conv_act import conv_gelu, conv_mul
 from ._depthwise import DepthwiseConv
 from ._helpers import build_model, remap_keys_on_load, unwrap_state_dict, use_tanh_gelu
 from ._pointwise import PointwiseConv
-from . import _van_ops
-from ._conv_act import conv_gelu, conv_mul
 from .van_layouts import is_mindspore, to_timm_layout
 
 __all__ = ['VAN']
@@ -255,12 +255,12 @@ class VAN(nn.Module):
         drop_rate: dropout before the classifier.
         proj_drop_rate: dropout in the MLPs.
         drop_path_rate: stochastic depth, rising linearly over the blocks.
-        low_memory: training keeps less than half the activations for backward, recomputing the cheap
-            element-wise ones (`_van_ops`); False for autograd's own backward (`set_low_memory`).
         act_layer: the activation, a class or timm name (default nn.GELU; 'gelu_tanh' for MindSpore-trained
             weights, which loading such a file also switches to).
         output_stride: 32, or 16 / 8 for dense prediction (DeepLab): the stages past that stride keep their
             input's resolution and dilate their convs instead (the same weights).
+        low_memory: training keeps less than half the activations for backward, recomputing the cheap
+            element-wise ones (`_van_ops`); False for autograd's own backward (`set_low_memory`).
     """
 
     def __init__(
