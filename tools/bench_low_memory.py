@@ -10,7 +10,6 @@ What the saving costs or gains in speed depends on the CPU and on what else load
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 
 import timm
@@ -39,8 +38,7 @@ def main():
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
     x, cpu = bench_official.setup_run(args)
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    commit = bench_official.commit()
     amp = torch.autocast('cpu', dtype=torch.bfloat16, enabled=bool(args.amp_dtype))
     setup = (f'{"bfloat16 autocast" if args.amp_dtype else "float32"}, batch {args.batch_size}, 224², '
              f'{torch.get_num_threads()} threads, SGD step, interleaved rounds, median of {args.repeats}; '

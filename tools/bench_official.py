@@ -14,7 +14,9 @@ median of the official code. Also printed: the CPU, the routes our code's measur
 """
 import argparse
 import importlib
+import os
 import statistics
+import subprocess
 import sys
 import time
 from unittest import mock
@@ -102,6 +104,15 @@ def activation_mib_per_image(model: nn.Module, x: torch.Tensor) -> float:
     loss.backward()
     model.zero_grad(set_to_none=True)
     return round(saved / x.shape[0] / 2 ** 20, 1)
+
+
+def commit() -> str:
+    """The short hash of the checkout the tools run from ('' outside git), for the rows they write."""
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return ''
 
 
 def setup_run(args) -> tuple:

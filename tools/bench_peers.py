@@ -16,7 +16,6 @@ commit, command, ...), the table to stdout as Markdown.
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 
 import timm
@@ -81,8 +80,7 @@ def main():
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
     x, cpu = bench_official.setup_run(args)
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    commit = bench_official.commit()
     command = 'python tools/bench_peers.py ' + ' '.join(sys.argv[1:])
     setup = (f'float32, batch {args.batch_size}, 224², {torch.get_num_threads()} threads, interleaved rounds, median of '
              f'{args.repeats}; torch {torch.__version__}, timm {timm.__version__}')

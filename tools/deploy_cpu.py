@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_official import commit  # noqa: E402  (the tools' one lookup of the checkout's hash)
 from van_focal.cli import deploy, export  # noqa: E402
 from van_focal.core.device import cpu_name  # noqa: E402
 from van_focal.train import run_info  # noqa: E402
@@ -35,14 +36,6 @@ COLUMNS = ['date', 'cpu', 'commit', 'command', 'model', 'img_size', 'runtime', '
            'load_avg']
 PROFILE_COLUMNS = ['date', 'cpu', 'commit', 'model', 'img_size', 'runtime', 'precision', 'threads', 'batch', 'op',
                    'pct_of_kernel_time', 'load_avg']
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return ''
 
 
 def seconds_per_call(call: Callable[[], object], warmup: int, iters: int) -> float:

@@ -36,9 +36,7 @@ def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     autocast, no graph capture or torch.fx tracing, and no dispatch mode (a FLOP counter knows the separate ops)."""
     if isinstance(x, torch.fx.Proxy) or routes.plain_op(x) or not torch.backends.mkldnn.is_available():
         return False
-    if torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
-        return False
-    if x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype or torch.is_autocast_enabled('cpu'):
+    if routes.first_route_only(x.device) or x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype:
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 

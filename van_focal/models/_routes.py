@@ -92,7 +92,7 @@ def _known(op: str, key: Hashable, names) -> Optional[str]:
     return forced if forced in names else _chosen.get((op, key))
 
 
-def _first_route_only(device: torch.device) -> bool:
+def first_route_only(device: torch.device) -> bool:
     """Where the routes are not timed: under autocast (its casts differ between routes, so their outputs'
     dtypes would too) and inside a dispatch mode (a FLOP counter or profiler would count every timing)."""
     return (torch.is_autocast_enabled(device.type)
@@ -104,7 +104,7 @@ def choose(op: str, key: Hashable, timers: Dict[str, Callable[[], Any]], device:
     route's work) the first time the key is seen."""
     name = _known(op, key, timers)
     if name is None:
-        if _first_route_only(device):
+        if first_route_only(device):
             return next(iter(timers))
         name = _fastest(timers, device) if _measuring() and len(timers) > 1 else next(iter(timers))
         _chosen[(op, key)] = name
